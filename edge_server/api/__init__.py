@@ -1,0 +1,18 @@
+"""HTTP API: one module per resource. ``routes()`` gathers them for the app factory."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from edge_server.api import api_tokens, devices, health, openapi, register, tokens
+
+
+def routes() -> list[web.RouteDef]:
+    return [
+        *health.routes,
+        *register.routes,
+        *tokens.routes,
+        *devices.routes,
+        *api_tokens.routes,
+        *openapi.routes,
+    ]

@@ -1,0 +1,38 @@
+"""``POST /api/v1/register``: the one unauthenticated write, guarded by the token."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from edge_server import registrar
+from edge_server.api.http import json_response, read_model
+from edge_server.errors import ServerError
+from edge_server.keys import CA, REGISTER_LIMITER, SETTINGS, STORE
+from registration.errors import RegistrationError
+from registration.protocol import RegisterRequest
+
+routes = web.RouteTableDef()
+
+
+def client_address(request: web.Request) -> str:
+    return request.remote or "unknown"
+
+
+@routes.post("/api/v1/register")
+async def register(request: web.Request) -> web.Response:
+    limiter = request.app[REGISTER_LIMITER]
+    address = client_address(request)
+    limiter.check(address)
+    settings = request.app[SETTINGS]
+    try:
+        doc = await read_model(request, RegisterRequest)
+        result = await registrar.register(
+            request.app[STORE],
+            request.app[CA],
+            doc,
+            api_url=settings.public_url or f"{request.scheme}://{request.host}",
+        )
+    except (ServerError, RegistrationError):
+        limiter.record_failure(address)
+        raise
+    return json_response(result, status=201 if result.created else 200)

@@ -1,0 +1,66 @@
+"""Entry point of ``corral``. Errors print one line (and a hint) and exit non-zero."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from edge_server.cli import api_tokens, devices, serve, tokens
+from edge_server.cli.client import ApiClient
+from edge_server.errors import ServerError
+from registration.errors import RegistrationError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    common.add_argument("--server", help="server URL (default: the local server in --data-dir)")
+    parser = argparse.ArgumentParser(prog="corral", description="Corral edge fleet manager")
+    parser.add_argument(
+        "--data-dir", help="data directory (default ./corral-data or $CORRAL_DATA_DIR)"
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="noun", required=True)
+    serve.add_parser(sub)
+    tokens.add_parser(sub, common)
+    devices.add_parser(sub, common)
+    api_tokens.add_parser(sub, common)
+    return parser
+
+
+def die(message: str, hint: str | None = None) -> int:
+    line = f"corral: error: {message}"
+    if hint:
+        line += f" (hint: {hint})"
+    sys.stderr.write(line.replace("\n", " ") + "\n")
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG
+        if args.debug
+        else logging.INFO
+        if args.verbose or args.noun == "serve"
+        else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        if args.noun == "serve":
+            return int(args.func(args))
+        api = ApiClient.from_args(args.server, args.data_dir)
+        args.func(args, api)
+        return 0
+    except (ServerError, RegistrationError, OSError, ValueError) as e:
+        if args.debug:
+            raise
+        return die(str(e), getattr(e, "hint", None))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

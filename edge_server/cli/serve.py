@@ -1,0 +1,65 @@
+"""``corral serve``: run the server over HTTPS on embedded defaults."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from aiohttp import web
+
+from edge_server import bootstrap
+from edge_server.app import create_app
+from edge_server.pki import Pki
+from edge_server.settings import Settings, load
+
+log = logging.getLogger(__name__)
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("serve", help="run the Corral server")
+    p.add_argument("--listen", help="HOST:PORT to listen on (default 0.0.0.0:8443)")
+    p.add_argument(
+        "--san", action="append", default=[], help="extra name or IP for the server certificate"
+    )
+    p.add_argument("--public-url", help="the URL devices use to reach this server")
+    p.set_defaults(func=run)
+
+
+def announce(settings: Settings, creds: bootstrap.AdminCredentials | None) -> None:
+    out = sys.stdout
+    if creds is not None:
+        out.write(
+            "Corral first start. These are shown once:\n"
+            f"  admin user:      {creds.username}\n"
+            f"  admin password:  {creds.password}\n"
+            f"  admin API token: {creds.api_token}\n"
+            f"  (the API token is saved 0600 in {settings.admin_token_path})\n"
+        )
+    ca = Pki(settings.pki_dir).load_ca()
+    out.write(
+        f"Corral serving on https://{settings.host}:{settings.port}"
+        f" (data {settings.data_dir}, CA sha256 {ca.fingerprint})\n"
+    )
+    out.flush()
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = load(
+        data_dir=args.data_dir, listen=args.listen, sans=args.san, public_url=args.public_url
+    )
+    creds = bootstrap.prepare(settings)
+    announce(settings, creds)
+    app = create_app(settings)
+    ssl_context = Pki(settings.pki_dir).server_ssl_context()
+    web.run_app(
+        app,
+        host=settings.host or None,
+        port=settings.port,
+        ssl_context=ssl_context,
+        print=None,
+        access_log=None,
+        shutdown_timeout=10,
+    )
+    log.info("server stopped")
+    return 0

@@ -1,0 +1,16 @@
+"""Typed application state keys (aiohttp ``web.AppKey``)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from edge_server.ratelimit import FailureLimiter
+from edge_server.settings import Settings
+from edge_server.store import Store
+from registration.identity import CertificateAuthority
+
+SETTINGS = web.AppKey("settings", Settings)
+STORE = web.AppKey("store", Store)
+CA = web.AppKey("ca", CertificateAuthority)
+CA_PEM = web.AppKey("ca_pem", str)
+REGISTER_LIMITER = web.AppKey("register_limiter", FailureLimiter)

@@ -1,0 +1,72 @@
+"""Label selectors, Kubernetes-style: ``site=eu,role!=test,gpu,!lab``.
+
+``key=value`` (or ``==``), ``key!=value``, ``key`` (exists) and ``!key`` (does not exist),
+joined by commas, all of which must hold.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from edge_server.errors import BadRequest
+from registration.protocol import LABEL_KEY_RE, LABEL_VALUE_RE
+
+Op = Literal["=", "!=", "exists", "!exists"]
+_TERM = re.compile(r"^\s*(!?)\s*([^=!\s]+)\s*(?:(==|=|!=)\s*(\S*))?\s*$")
+
+
+@dataclass(frozen=True)
+class Requirement:
+    key: str
+    op: Op
+    value: str = ""
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        if self.op == "exists":
+            return self.key in labels
+        if self.op == "!exists":
+            return self.key not in labels
+        if self.op == "=":
+            return labels.get(self.key) == self.value
+        return labels.get(self.key) != self.value
+
+
+@dataclass(frozen=True)
+class Selector:
+    requirements: tuple[Requirement, ...]
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        return all(r.matches(labels) for r in self.requirements)
+
+    def __str__(self) -> str:
+        parts = []
+        for r in self.requirements:
+            if r.op in ("=", "!="):
+                parts.append(f"{r.key}{r.op}{r.value}")
+            else:
+                parts.append(("!" if r.op == "!exists" else "") + r.key)
+        return ",".join(parts)
+
+
+def parse(text: str | None) -> Selector:
+    if not text or not text.strip():
+        return Selector(())
+    requirements: list[Requirement] = []
+    for term in text.split(","):
+        m = _TERM.match(term)
+        if not m:
+            raise BadRequest(f"bad selector term {term!r}", code="bad_selector")
+        negate, key, op, value = m.groups()
+        if not LABEL_KEY_RE.match(key):
+            raise BadRequest(f"bad label key {key!r} in selector", code="bad_selector")
+        if op is None:
+            requirements.append(Requirement(key, "!exists" if negate else "exists"))
+            continue
+        if negate:
+            raise BadRequest(f"'!' only negates a bare key, in {term!r}", code="bad_selector")
+        if not LABEL_VALUE_RE.match(value or ""):
+            raise BadRequest(f"bad label value {value!r} in selector", code="bad_selector")
+        requirements.append(Requirement(key, "!=" if op == "!=" else "=", value or ""))
+    return Selector(tuple(requirements))

@@ -1,0 +1,119 @@
+"""Server settings: one frozen dataclass, built in one place from flags, environment and file.
+
+Precedence, highest first: command-line flags, ``CORRAL_*`` environment variables,
+``<data-dir>/config.json``, built-in defaults.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge_server.errors import ServerError
+
+DEFAULT_LISTEN = "0.0.0.0:8443"  # noqa: S104 - devices on the LAN must reach the appliance
+DEFAULT_DATA_DIR = "./corral-data"
+
+
+class SettingsError(ServerError):
+    code = "bad_settings"
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    host: str = "0.0.0.0"  # noqa: S104
+    port: int = 8443
+    sans: tuple[str, ...] = ()
+    public_url: str | None = None
+    register_failures_per_minute: int = 20
+    max_body_bytes: int = 64 * 1024
+    guard_blocking: bool = False
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "corral.db"
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.data_dir / "pki"
+
+    @property
+    def admin_token_path(self) -> Path:
+        return self.data_dir / "admin-token"
+
+    @property
+    def client_config_path(self) -> Path:
+        return self.data_dir / "client.json"
+
+    @property
+    def local_url(self) -> str:
+        """The URL the local CLI uses to reach this server."""
+        host = self.host
+        if host in ("0.0.0.0", "", "::"):  # noqa: S104
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"https://{host}:{self.port}"
+
+    def server_names(self) -> list[str]:
+        """Names and addresses the server certificate covers."""
+        names = ["localhost", "127.0.0.1", "::1", socket.gethostname()]
+        if self.host not in ("0.0.0.0", "", "::"):  # noqa: S104
+            names.append(self.host)
+        names.extend(self.sans)
+        return list(dict.fromkeys(n for n in names if n))
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SettingsError(f"--listen must be HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError as e:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from e
+
+
+def load(
+    data_dir: str | None = None,
+    listen: str | None = None,
+    sans: list[str] | None = None,
+    public_url: str | None = None,
+) -> Settings:
+    """Build the settings once, from flags (arguments), environment and the config file."""
+    root = Path(data_dir or os.environ.get("CORRAL_DATA_DIR") or DEFAULT_DATA_DIR).absolute()
+    config: dict[str, Any] = {}
+    config_file = root / "config.json"
+    if config_file.exists():
+        try:
+            config = json.loads(config_file.read_text())
+        except (OSError, ValueError) as e:
+            raise SettingsError(f"cannot read {config_file}: {e}") from e
+    host, port = parse_listen(
+        listen or os.environ.get("CORRAL_LISTEN") or config.get("listen") or DEFAULT_LISTEN
+    )
+    env_sans = [s for s in os.environ.get("CORRAL_SANS", "").split(",") if s]
+    return Settings(
+        data_dir=root,
+        host=host,
+        port=port,
+        sans=tuple(sans or env_sans or config.get("sans", [])),
+        public_url=public_url or os.environ.get("CORRAL_PUBLIC_URL") or config.get("public_url"),
+        register_failures_per_minute=_env_int(
+            "CORRAL_REGISTER_FAILURES_PER_MINUTE",
+            int(config.get("register_failures_per_minute", 20)),
+        ),
+        guard_blocking=os.environ.get("CORRAL_GUARD_BLOCKING") == "1",
+    )
