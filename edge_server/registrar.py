@@ -110,7 +110,7 @@ def _commit(
         operator_labels = {}
     # 3. Name and labels from the token's templates and the device's facts.
     values = templating.context(req.doc.facts, req.doc.labels)
-    name = templating.render(str(row["name_template"]), values)
+    name = templating.render_name(str(row["name_template"]), values, device_id[4:12])
     token_labels = templating.render_labels(dict(row["labels"]), values)
     # 4. The certificate, with its serial recorded.
     serial = identity.new_serial()

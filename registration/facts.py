@@ -197,9 +197,10 @@ def disk_from_properties(
         return None
     bus = _text(properties.get("ID_BUS"))
     if bus is None:
-        if properties.get("ID_USB_DRIVER"):
+        devpath = properties.get("DEVPATH", "")
+        if properties.get("ID_USB_DRIVER") or "/usb" in devpath:
             bus = "usb"
-        elif "/virtio" in properties.get("DEVPATH", ""):
+        elif "/virtio" in devpath:
             bus = "virtio"
     return Disk(
         name=_clip(name),

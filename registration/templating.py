@@ -65,6 +65,17 @@ def render(template: str, values: dict[str, str]) -> str:
     return rendered
 
 
+def render_name(template: str, values: dict[str, str], fallback: str) -> str:
+    """Render a device name. When every placeholder is missing (a board without DMI, say),
+    ``fallback`` is appended, so names stay distinct."""
+    validate(template)
+    placeholders = _PLACEHOLDER.findall(template)
+    if placeholders and not any(values.get(path) for path, _ in placeholders):
+        base = sanitise(_PLACEHOLDER.sub("", template))
+        return sanitise(f"{base}-{fallback}" if base else fallback)
+    return render(template, values)
+
+
 def render_labels(templates: dict[str, str], values: dict[str, str]) -> dict[str, str]:
     """Render label values; a label whose value renders empty is dropped, not an error."""
     out: dict[str, str] = {}

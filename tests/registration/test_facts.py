@@ -226,8 +226,7 @@ def test_real_nics(real_facts: Facts) -> None:
 
 def test_real_disks_match_lsblk(real_facts: Facts) -> None:
     lsblk = shutil.which("lsblk")
-    if lsblk is None:
-        pytest.skip("lsblk is not installed")
+    assert lsblk is not None, "util-linux's lsblk is part of every Debian install"
     out = subprocess.run(
         [lsblk, "-dn", "-o", "NAME"], check=True, capture_output=True, text=True
     ).stdout
@@ -245,11 +244,13 @@ def test_collect_with_explicit_udev_context() -> None:
     assert [d.name for d in facts.disks] == [d.name for d in collect().disks]
 
 
-@pytest.mark.skipif(
-    not Path("/sys/class/dmi/id/product_uuid").exists(), reason="this machine has no DMI"
-)
-def test_real_dmi(real_facts: Facts) -> None:
+def test_real_dmi_is_read_or_absent(real_facts: Facts) -> None:
+    """On a board with DMI every readable field is reported; on one without (this VM has no
+    /sys/class/dmi), the facts carry no DMI at all rather than failing."""
     base = Path("/sys/class/dmi/id")
+    if not base.exists():
+        assert real_facts.dmi == {}
+        return
     for field in DMI_FIELDS:
         try:
             value = (base / field).read_text(encoding="utf-8").strip()

@@ -1,0 +1,138 @@
+"""First-boot registration: pin the CA, send a CSR and facts, keep the certificate.
+
+Reads as a list of steps (see :func:`register`). Safe to re-run: the key is kept, and the
+server answers the same machine with the same device record.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+import urllib3
+
+from node_image.agent import __version__
+from node_image.agent.seed import Seed
+from node_image.agent.state import StateDir, atomic_write
+from node_image.errors import AgentError
+from registration import facts as facts_mod
+from registration import identity
+from registration.errors import RegistrationError
+from registration.protocol import PROTOCOL_VERSION, Facts, RegisterRequest, RegisterResponse
+
+log = logging.getLogger(__name__)
+TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class Result:
+    device_id: str
+    name: str
+    created: bool
+    refreshed: bool = True
+
+
+def load_or_create_key(state: StateDir) -> identity.PrivateKey:
+    if state.key.exists():
+        return identity.key_from_pem(state.key.read_bytes())
+    key = identity.generate_key()
+    atomic_write(state.key, identity.key_to_pem(key), mode=0o600)
+    return key
+
+
+def fetch_pinned_ca(seed: Seed, state: StateDir) -> Path:
+    """Fetch the server's CA over unverified TLS, then trust it only if its sha256 matches the
+    fingerprint in the token (K3s does the same with its ``K10`` tokens)."""
+    url = f"{seed.server}/api/v1/ca"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
+            response = requests.get(url, verify=False, timeout=TIMEOUT)  # noqa: S501 - pinned below
+        response.raise_for_status()
+    except requests.RequestException as e:
+        raise AgentError(f"cannot fetch the CA from {url}: {e}") from e
+    try:
+        ca = identity.verify_ca_fingerprint(response.content, seed.token.ca_fingerprint)
+    except RegistrationError as e:
+        raise AgentError(str(e)) from e
+    atomic_write(state.ca, identity.cert_to_pem(ca))
+    return state.ca
+
+
+def send(seed: Seed, ca_path: Path, doc: RegisterRequest) -> RegisterResponse:
+    url = f"{seed.server}/api/v1/register"
+    try:
+        response = requests.post(
+            url,
+            data=doc.model_dump_json(),
+            verify=str(ca_path),
+            timeout=TIMEOUT,
+            headers={"Content-Type": "application/json"},
+        )
+    except requests.RequestException as e:
+        raise AgentError(f"cannot reach {url}: {e}") from e
+    body: Any
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    if response.status_code not in (200, 201):
+        raise RegisterRefused(
+            response.status_code,
+            f"registration refused ({response.status_code} {body.get('error', '')}): "
+            f"{body.get('detail', response.text[:200])}",
+        )
+    return RegisterResponse.model_validate(body)
+
+
+class RegisterRefused(AgentError):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def register(seed: Seed, state: StateDir, collect: Any = facts_mod.collect) -> Result:
+    """The steps of registration, in order."""
+    state.ensure()
+    # 1. Our key: generated here, kept 0600, never sent.
+    key = load_or_create_key(state)
+    # 2. Pin the CA before the token leaves this device.
+    ca_path = fetch_pinned_ca(seed, state)
+    # 3. What this machine is.
+    facts: Facts = collect()
+    doc = RegisterRequest(
+        token=str(seed.token),
+        csr=identity.make_csr(key).decode(),
+        facts=facts,
+        labels=seed.labels,
+        agent_version=__version__,
+        protocol_version=PROTOCOL_VERSION,
+    )
+    # 4. Register. A device that already has an identity keeps it if the token has lapsed.
+    previous = state.read_identity()
+    try:
+        answer = send(seed, ca_path, doc)
+    except RegisterRefused as e:
+        if previous is not None and e.status == 401:
+            log.warning("kept identity %s; could not refresh it: %s", previous["device_id"], e)
+            return Result(previous["device_id"], previous["name"], created=False, refreshed=False)
+        raise
+    # 5. Keep the certificate and what the server told us.
+    atomic_write(state.cert, answer.certificate.encode())
+    atomic_write(state.ca, answer.ca.encode())
+    state.write_identity(
+        {
+            "device_id": answer.device_id,
+            "name": answer.name,
+            "serial": answer.serial,
+            "server": seed.server,
+            "endpoints": answer.endpoints.model_dump(),
+            "labels": answer.labels,
+            "group": answer.group,
+        }
+    )
+    return Result(answer.device_id, answer.name, answer.created)
