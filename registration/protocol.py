@@ -116,12 +116,21 @@ class RegisterResponse(Document):
     created: bool
 
 
-class TokenCreate(Labelled):
+class TokenCreate(Document):
+    """A registration token. Label values are templates, rendered at registration."""
+
     group: str = Field(default="default", min_length=1, max_length=63, pattern=r"^[A-Za-z0-9._-]+$")
+    labels: dict[str, Annotated[str, Field(max_length=256)]] = Field(default_factory=dict)
     ttl_seconds: int | None = Field(default=86400, ge=1)
     max_uses: int | None = Field(default=1, ge=1)
     name_template: str = Field(default="edge-${dmi.product_uuid:8}", max_length=256)
     description: str = Field(default="", max_length=1024)
+
+    @field_validator("labels")
+    @classmethod
+    def _label_keys(cls, v: dict[str, str]) -> dict[str, str]:
+        check_labels(dict.fromkeys(v, ""))
+        return v
 
 
 _T = TypeVar("_T", bound="Document")

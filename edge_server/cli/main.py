@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import NoReturn
 
 from edge_server.cli import api_tokens, devices, serve, tokens
 from edge_server.cli.client import ApiClient
@@ -12,11 +13,22 @@ from edge_server.errors import ServerError
 from registration.errors import RegistrationError
 
 
+class Parser(argparse.ArgumentParser):
+    """Usage errors are one line, like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message} (hint: {self.prog} --help)\n")
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     common.add_argument("-o", "--output", choices=["table", "json"], default="table")
-    common.add_argument("--server", help="server URL (default: the local server in --data-dir)")
-    parser = argparse.ArgumentParser(prog="corral", description="Corral edge fleet manager")
+    common.add_argument(
+        "--server", default=argparse.SUPPRESS, help="server URL (default: the local server)"
+    )
+    parser = Parser(prog="corral", description="Corral edge fleet manager")
+    parser.add_argument("--server", help="server URL (default: the local server in --data-dir)")
     parser.add_argument(
         "--data-dir", help="data directory (default ./corral-data or $CORRAL_DATA_DIR)"
     )

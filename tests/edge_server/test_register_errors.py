@@ -117,7 +117,7 @@ def test_csr_with_a_bad_signature_is_refused_with_400(shared_server: Server) -> 
 
 def test_rsa_1024_key_is_refused_with_400(shared_server: Server) -> None:
     token = shared_server.create_token()
-    key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505
     csr = (
         CertificateSigningRequestBuilder()
         .subject_name(Name([NameAttribute(NameOID.COMMON_NAME, "weak")]))
