@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
+import signal
 import sys
 
 from aiohttp import web
@@ -50,16 +52,31 @@ def run(args: argparse.Namespace) -> int:
     )
     creds = bootstrap.prepare(settings)
     announce(settings, creds)
-    app = create_app(settings)
-    ssl_context = Pki(settings.pki_dir).server_ssl_context()
-    web.run_app(
-        app,
-        host=settings.host or None,
-        port=settings.port,
-        ssl_context=ssl_context,
-        print=None,
-        access_log=None,
-        shutdown_timeout=10,
-    )
+    asyncio.run(serve_until_signalled(settings))
     log.info("server stopped")
     return 0
+
+
+async def serve_until_signalled(settings: Settings) -> None:
+    """Serve until SIGTERM or SIGINT. Further signals during shutdown change nothing (make,
+    systemd and shells may all send one)."""
+    app = create_app(settings)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=10)
+    await runner.setup()
+    site = web.TCPSite(
+        runner,
+        host=settings.host or None,
+        port=settings.port,
+        ssl_context=Pki(settings.pki_dir).server_ssl_context(),
+        backlog=1024,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await site.start()
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await runner.cleanup()

@@ -58,6 +58,7 @@ class Store:
         self._writer: threading.Thread | None = None
         self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="db-read")
         self._local = threading.local()
+        self._reader_dbs: list[Database] = []
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -72,7 +73,9 @@ class Store:
         self._queue.put(_STOP)
         if self._writer is not None:
             await asyncio.to_thread(self._writer.join)
-        self._readers.shutdown(wait=True)
+        await asyncio.to_thread(self._readers.shutdown, True)
+        for db in self._reader_dbs:
+            db.conn.close()
 
     async def write(self, fn: Callable[[Database], T]) -> T:
         loop = asyncio.get_running_loop()
@@ -89,6 +92,7 @@ class Store:
         if db is None:
             db = connect(self.path)
             self._local.db = db
+            self._reader_dbs.append(db)
         return fn(db)
 
     def _write_loop(self, loop: asyncio.AbstractEventLoop, ready: asyncio.Future[None]) -> None:
