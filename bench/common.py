@@ -181,9 +181,10 @@ class ServerProcess:
         if token is not None:
             headers["Authorization"] = f"Bearer {token or self.admin_token}"
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.url + path, data=data, headers=headers, method=method)
+        url = self.url + path  # always https://127.0.0.1:<port>/...
+        req = urllib.request.Request(url, data=data, headers=headers, method=method)  # noqa: S310
         try:
-            with urllib.request.urlopen(req, context=self.ssl_context(), timeout=30) as resp:  # noqa: S310 - https to our own server
+            with urllib.request.urlopen(req, context=self.ssl_context(), timeout=30) as resp:  # noqa: S310
                 return resp.status, json.loads(resp.read() or b"null")
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read() or b"null")
@@ -286,19 +287,19 @@ class CpuSampler:
         for a, b in zip(s, s[1:], strict=False):
             if a.t <= t <= b.t:
                 f = (t - a.t) / (b.t - a.t) if b.t > a.t else 0.0
-
-                def lerp(x: float, y: float) -> float:
-                    return x + (y - x) * f
-
                 return CpuSample(
                     t,
-                    lerp(a.server, b.server),
-                    lerp(a.clients, b.clients),
-                    round(lerp(a.busy, b.busy)),
-                    round(lerp(a.total, b.total)),
-                    round(lerp(a.steal, b.steal)),
+                    _lerp(a.server, b.server, f),
+                    _lerp(a.clients, b.clients, f),
+                    round(_lerp(a.busy, b.busy, f)),
+                    round(_lerp(a.total, b.total, f)),
+                    round(_lerp(a.steal, b.steal, f)),
                 )
         return s[-1]
+
+
+def _lerp(x: float, y: float, f: float) -> float:
+    return x + (y - x) * f
 
 
 # --------------------------------------------------------------------------- load generator

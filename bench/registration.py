@@ -179,9 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         n_fresh = sizes.fresh_warmup + sizes.fresh + c
         n_keep = sizes.keepalive_warmup + sizes.keepalive + c
         bodies = registration_bodies(token, n_fresh + n_keep)
-        fresh_reqs = [
-            build_request("POST", "/api/v1/register", host, b) for b in bodies[:n_fresh]
-        ]
+        fresh_reqs = [build_request("POST", "/api/v1/register", host, b) for b in bodies[:n_fresh]]
         keep_reqs = [
             build_request("POST", "/api/v1/register", host, b, keepalive=True)
             for b in bodies[n_fresh:]
@@ -202,9 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                 200,
                 sizes.healthz_warmup,
             ),
-            PhaseSpec(
-                "register (fresh TLS)", "fresh", fresh_reqs, c, 201, sizes.fresh_warmup
-            ),
+            PhaseSpec("register (fresh TLS)", "fresh", fresh_reqs, c, 201, sizes.fresh_warmup),
             PhaseSpec(
                 "register (keep-alive)", "keepalive", keep_reqs, c, 201, sizes.keepalive_warmup
             ),
