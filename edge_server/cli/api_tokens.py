@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from edge_server.cli import output
 from edge_server.cli.client import ApiClient
@@ -36,9 +37,7 @@ def revoke(args: argparse.Namespace, api: ApiClient) -> None:
     output.emit(api.request("DELETE", f"/api/v1/api-tokens/{args.id}"), "json")
 
 
-def add_parser(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
-) -> None:
+def add_parser(sub: argparse._SubParsersAction[Any], common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("api-token", help="operator API tokens")
     verbs = p.add_subparsers(dest="verb", required=True)
     c = verbs.add_parser("create", parents=[common])

@@ -72,9 +72,7 @@ def reset(args: argparse.Namespace, api: ApiClient) -> None:
     )
 
 
-def add_parser(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
-) -> None:
+def add_parser(sub: argparse._SubParsersAction[Any], common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("device", help="device inventory")
     verbs = p.add_subparsers(dest="verb", required=True)
     ls = verbs.add_parser("list", parents=[common], help="list devices")

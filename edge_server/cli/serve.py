@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 import sys
+from typing import Any
 
 from aiohttp import web
 
@@ -18,7 +19,7 @@ from edge_server.settings import Settings, load
 log = logging.getLogger(__name__)
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser("serve", help="run the Corral server")
     p.add_argument("--listen", help="HOST:PORT to listen on (default 0.0.0.0:8443)")
     p.add_argument(

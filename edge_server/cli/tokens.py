@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from edge_server.cli import duration, output
 from edge_server.cli.client import ApiClient
@@ -67,9 +68,7 @@ def _uses(text: str) -> str:
     raise argparse.ArgumentTypeError("must be a positive integer or 'unlimited'")
 
 
-def add_parser(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
-) -> None:
+def add_parser(sub: argparse._SubParsersAction[Any], common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("token", help="registration tokens")
     verbs = p.add_subparsers(dest="verb", required=True)
     c = verbs.add_parser("create", parents=[common], help="create a token (shown once)")
