@@ -302,6 +302,19 @@ def _lerp(x: float, y: float, f: float) -> float:
     return x + (y - x) * f
 
 
+def wait_for_quiet(max_wait: float, threshold: float = 0.15) -> float:
+    """Wait (up to ``max_wait`` s) for a second in which the machine uses less than
+    ``threshold`` cores, so another job's load does not end up in the figures. Returns the
+    cores busy in the last second looked at."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        a = machine_cpu_ticks()[0]
+        time.sleep(1.0)
+        busy = (machine_cpu_ticks()[0] - a) / CLK_TCK
+        if busy < threshold or time.monotonic() >= deadline:
+            return busy
+
+
 # --------------------------------------------------------------------------- load generator
 
 
@@ -330,7 +343,8 @@ class PhaseResult:
     p99_ms: float
     max_ms: float
     server_cpu: float  # cores used by the server process in the window (1.0 = one core)
-    client_cpu: float  # cores used by the load processes in the window
+    client_cpu: float  # cores used by the load processes (and this process) in the window
+    other_cpu: float  # cores used by anything else (other work on the machine, softirqs)
     machine_busy: float  # share of all CPUs busy in the window (0..1)
     steal: float  # share of all CPU time stolen by the hypervisor
 
@@ -348,7 +362,8 @@ class PhaseResult:
             f"(max {self.max_ms:.0f}), {self.measured} measured in {self.seconds:.2f}s, "
             f"errors {self.errors}; CPU server {self.server_cpu * 100:.0f}% "
             f"({self.server_ms_per_req:.2f} ms/req) load-gen {self.client_cpu * 100:.0f}% "
-            f"({self.client_ms_per_req:.2f} ms/req) machine {self.machine_busy * 100:.0f}% busy"
+            f"({self.client_ms_per_req:.2f} ms/req) other {self.other_cpu * 100:.0f}%, "
+            f"machine {self.machine_busy * 100:.0f}% busy"
             + (f", steal {self.steal * 100:.0f}%" if self.steal > 0.005 else "")
         )
 
@@ -532,7 +547,7 @@ class LoadGenerator:
                 raise RuntimeError("load process failed to get ready")
         with self.counter.get_lock():
             self.counter.value = 0
-        with CpuSampler(server_pid, self.pids) as sampler:
+        with CpuSampler(server_pid, [*self.pids, os.getpid()]) as sampler:
             for pipe in self.pipes:
                 pipe.send("go")
             replies = [pipe.recv() for pipe in self.pipes]
@@ -556,6 +571,9 @@ def analyse(
     a, b = sampler.at(t0), sampler.at(t1)
     seconds = t1 - t0
     total_ticks = max(1, b.total - a.total)
+    server_cpu = (b.server - a.server) / seconds
+    client_cpu = (b.clients - a.clients) / seconds
+    busy_cores = (b.busy - a.busy) / CLK_TCK / seconds
     return PhaseResult(
         name=spec.name,
         mode=spec.mode,
@@ -569,8 +587,9 @@ def analyse(
         p50_ms=percentile(timed, 50) * 1000,
         p99_ms=percentile(timed, 99) * 1000,
         max_ms=(timed[-1] if timed else float("nan")) * 1000,
-        server_cpu=(b.server - a.server) / seconds,
-        client_cpu=(b.clients - a.clients) / seconds,
+        server_cpu=server_cpu,
+        client_cpu=client_cpu,
+        other_cpu=max(0.0, busy_cores - server_cpu - client_cpu),
         machine_busy=(b.busy - a.busy) / total_ticks,
         steal=(b.steal - a.steal) / total_ticks,
     )

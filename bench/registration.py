@@ -54,6 +54,7 @@ from bench.common import (
     py_spy,
     running_server,
     today,
+    wait_for_quiet,
 )
 from edge_server.pki import Pki
 from registration import identity
@@ -142,6 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--procs", type=int, default=2, help="load-generator processes")
     parser.add_argument("--no-record", action="store_true", help="do not append BENCHMARKS.md")
     parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=60,
+        help="before each phase, wait up to this many seconds for other work to stop",
+    )
+    parser.add_argument(
         "--profile", type=Path, help="py-spy the server during each load phase into DIR/*.svg"
     )
     parser.add_argument(
@@ -157,6 +164,14 @@ def main(argv: list[str] | None = None) -> int:
 
     env = {"CORRAL_REGISTER_FAILURES_PER_MINUTE": "1000000"}
     started = time.monotonic()
+    quiet = "" if args.wait_quiet <= 0 else f" (waits up to {args.wait_quiet:.0f}s for quiet)"
+
+    def settle(what: str) -> None:
+        if args.wait_quiet > 0:
+            busy = wait_for_quiet(args.wait_quiet)
+            if busy >= 0.15:
+                log(f"machine still {busy:.0%} busy with other work before {what}{quiet}")
+
     with running_server(env) as server:
         log(f"server pid {server.pid} on {server.url}, data {server.data_dir}")
         status, created = server.request(
@@ -209,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         results: dict[str, PhaseResult] = {}
         try:
             for spec in phases:
+                settle(spec.name)
                 log(f"phase {spec.name}: {len(spec.requests)} requests, {c} concurrent")
                 slug = spec.name.split()[0] + ("-" + spec.mode)
                 with py_spy(server.pid, profile_out(slug)):
@@ -217,10 +233,10 @@ def main(argv: list[str] | None = None) -> int:
                 log(result.summary())
                 if result.errors:
                     log(f"  {result.errors} errors, e.g. {result.error_sample}")
-                time.sleep(0.5)  # let the server finish closing connections
         finally:
             loadgen.close()
 
+        settle("crypto-only")
         log(f"phase crypto-only: {sizes.crypto} x load_csr + issue_device on one core")
         ca = Pki(server.data_dir / "pki").load_ca()
         crypto = crypto_only(ca, crypto_csrs)
@@ -240,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     fresh_ok = fresh_ratio >= TARGET_FRESH_RATIO and fresh.p99_ms <= TARGET_FRESH_P99_MS
     keep_ok = keep_ratio >= TARGET_KEEPALIVE_RATIO
     errors = healthz.errors + fresh.errors + keep.errors
+    other = max(r.other_cpu for r in results.values())
+    disturbed = f"; DISTURBED: other work used up to {other:.0%} CPU" if other > 0.15 else ""
     rev = git_describe()
     mode = "quick" if args.quick else "full"
     print(
@@ -253,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         f"server CPU ms/req: healthz {healthz.server_ms_per_req:.2f}, "
         f"fresh {fresh.server_ms_per_req:.2f}, keep-alive {keep.server_ms_per_req:.2f}, "
         f"crypto {1000 / crypto.rate:.2f} (CPU-normalised fresh/healthz {fresh_cpu_ratio:.0%}) "
-        f"| errors {errors} | {time.monotonic() - started:.0f}s"
+        f"| errors {errors}{disturbed} | {time.monotonic() - started:.0f}s",
+        flush=True,
     )
     if args.quick or args.no_record or args.profile:
         log("not recorded in BENCHMARKS.md (quick, --no-record or --profile run)")
@@ -271,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{fresh.server_ms_per_req:.2f}, keep-alive {keep.server_ms_per_req:.2f} "
                 f"(CPU-normalised fresh/healthz {fresh_cpu_ratio:.0%}); "
                 f"load-gen {healthz.client_cpu:.0%}/{fresh.client_cpu:.0%} CPU; "
-                f"{fresh.measured}/{keep.measured} measured; errors {errors}; {rev}",
+                f"{fresh.measured}/{keep.measured} measured; errors {errors}{disturbed}; {rev}",
             ]
         )
         log("appended a row to BENCHMARKS.md")

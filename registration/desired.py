@@ -1,0 +1,138 @@
+"""Desired state and status: the spec a device converges to, and what it reports back.
+
+Shared by the server (which computes specs and applies status) and the agent (which pulls
+specs, reconciles, and reports). Topics of the MQTT channel live here too.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+
+from registration.protocol import Document
+
+MAX_CONFIG_BYTES = 256 * 1024
+
+# MQTT topics. A device may subscribe only to its nudge topic and publish only its status
+# and presence topics; the server subscribes to every device's status and presence.
+TOPIC_ROOT = "corral/v1/devices"
+
+
+def nudge_topic(device_id: str) -> str:
+    return f"{TOPIC_ROOT}/{device_id}/nudge"
+
+
+def status_topic(device_id: str) -> str:
+    return f"{TOPIC_ROOT}/{device_id}/status"
+
+
+def presence_topic(device_id: str) -> str:
+    return f"{TOPIC_ROOT}/{device_id}/presence"
+
+
+def device_of_topic(topic: str) -> tuple[str, str] | None:
+    """``corral/v1/devices/<id>/<kind>`` → ``(id, kind)``, or None for any other topic."""
+    parts = topic.split("/")
+    if len(parts) != 5 or "/".join(parts[:3]) != TOPIC_ROOT or not parts[3]:
+        return None
+    return parts[3], parts[4]
+
+
+class ConfigFile(Document):
+    path: str = Field(max_length=4096)
+    mode: int = Field(default=0o644, ge=0, le=0o7777)
+    content: str = Field(default="", max_length=MAX_CONFIG_BYTES)
+
+    @field_validator("path")
+    @classmethod
+    def _absolute_normal(cls, v: str) -> str:
+        if not v.startswith("/") or posixpath.normpath(v) != v or "\0" in v or v == "/":
+            raise ValueError(f"config path {v!r} must be absolute and normalised (no .., no //)")
+        return v
+
+
+class OsSpec(Document):
+    version: str | None = Field(default=None, max_length=128)
+    artifact: str | None = Field(default=None, max_length=1024)
+
+
+class K3sSpec(Document):
+    version: str | None = Field(default=None, max_length=128)
+    role: Literal["server", "agent", "auto"] | None = None
+    server_url: str | None = Field(default=None, max_length=1024)
+    token: str | None = Field(default=None, max_length=1024)
+
+
+class Bundle(Document):
+    name: str = Field(max_length=253, pattern=r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")
+    content: str = Field(default="", max_length=MAX_CONFIG_BYTES)
+
+
+class SpecPatch(Document):
+    """What a group or a per-device override sets. ``None`` means: this layer says nothing."""
+
+    os: OsSpec | None = None
+    k3s: K3sSpec | None = None
+    bundles: list[Bundle] | None = None
+    config: list[ConfigFile] | None = None
+
+
+class Spec(Document):
+    """A device's computed desired state."""
+
+    os: OsSpec = Field(default_factory=OsSpec)
+    k3s: K3sSpec = Field(default_factory=K3sSpec)
+    bundles: list[Bundle] = Field(default_factory=list)
+    config: list[ConfigFile] = Field(default_factory=list)
+
+
+class SpecDocument(Document):
+    """``GET /api/v1/devices/<id>/spec``."""
+
+    device_id: str
+    generation: int
+    spec: Spec
+    acked_seq: int = 0
+
+
+ConditionStatus = Literal["Applied", "Pending", "Progressing", "Error", "Ready", "Unknown"]
+
+
+class Condition(Document):
+    type: str = Field(max_length=64)
+    status: ConditionStatus
+    reason: str = Field(default="", max_length=128)
+    message: str = Field(default="", max_length=2048)
+
+
+class StatusEvent(Document):
+    """One durable status event from the agent's outbox."""
+
+    seq: Annotated[int, Field(ge=1)]
+    observed_generation: Annotated[int, Field(ge=0)]
+    conditions: list[Condition] = Field(default_factory=list, max_length=64)
+    at: float
+
+
+class StatusBatch(Document):
+    """Status events, in seq order, over MQTT or ``POST /api/v1/devices/<id>/status``."""
+
+    events: list[StatusEvent] = Field(max_length=1000)
+
+
+class StatusAck(Document):
+    acked_seq: int
+    applied: int
+
+
+class Nudge(Document):
+    """The retained message on a device's nudge topic. Never carries secrets."""
+
+    generation: int
+    acked_seq: int = 0
+
+
+class Presence(Document):
+    online: bool
