@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -9,11 +11,14 @@ from aiohttp import web
 
 from edge_server import api
 from edge_server.api.middleware import errors
-from edge_server.keys import CA, CA_PEM, REGISTER_LIMITER, SETTINGS, STORE
-from edge_server.pki import Pki
+from edge_server.channel import Channel, ChannelSettings
+from edge_server.keys import CA, CA_PEM, CHANNEL, REGISTER_LIMITER, SETTINGS, STORE
+from edge_server.pki import MQTT_IDENTITY, Pki
 from edge_server.ratelimit import FailureLimiter
 from edge_server.settings import Settings
 from edge_server.store import Store
+from edge_server.store import devices as devices_store
+from edge_server.store import state as state_store
 from registration import identity
 
 log = logging.getLogger(__name__)
@@ -25,6 +30,66 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
     app[STORE] = store
     yield
     await store.close()
+
+
+async def _broker(app: web.Application) -> AsyncIterator[None]:
+    """The embedded MQTT broker, unless an external one is configured (--mqtt-url)."""
+    settings = app[SETTINGS]
+    if not settings.embedded_broker:
+        yield
+        return
+    from edge_server.broker import EmbeddedBroker
+
+    pki = Pki(settings.pki_dir)
+    store = app[STORE]
+    server_serial = pki.mqtt_client_serial()
+
+    async def is_revoked(serial: int, cn: str) -> bool:
+        if cn == MQTT_IDENTITY:
+            return serial != server_serial
+        row = await store.read(lambda db: devices_store.certificate(db, serial))
+        return row is None or row["revoked_at"] is not None or row["device_id"] != cn
+
+    broker = EmbeddedBroker(
+        host=settings.mqtt_host,
+        port=settings.mqtt_port,
+        ca_path=pki.ca_cert_path,
+        cert_path=pki.server_cert_path,
+        key_path=pki.server_key_path,
+        is_revoked=is_revoked,
+        server_identity=MQTT_IDENTITY,
+    )
+    await broker.start()
+    log.info("embedded MQTT broker on %s", broker.url)
+    try:
+        yield
+    finally:
+        await broker.stop()
+
+
+async def _channel(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    pki = Pki(settings.pki_dir)
+    channel = Channel(
+        ChannelSettings(
+            url=settings.channel_url,
+            ca=pki.ca_cert_path,
+            cert=pki.mqtt_client_cert_path,
+            key=pki.mqtt_client_key_path,
+            mqtt5=not settings.embedded_broker,
+        ),
+        app[STORE],
+    )
+    await app[STORE].write(state_store.mark_all_offline)
+    app[CHANNEL] = channel
+    task = asyncio.create_task(channel.run(), name="mqtt-channel")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await channel.close()
 
 
 async def _blocking_guard(app: web.Application) -> AsyncIterator[None]:
@@ -49,6 +114,8 @@ def create_app(settings: Settings) -> web.Application:
     app[CA_PEM] = identity.cert_to_pem(ca.cert).decode()
     app[REGISTER_LIMITER] = FailureLimiter(settings.register_failures_per_minute)
     app.cleanup_ctx.append(_store)
+    app.cleanup_ctx.append(_broker)
+    app.cleanup_ctx.append(_channel)
     app.cleanup_ctx.append(_blocking_guard)
     app.add_routes(api.routes())
     return app

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from edge_server.channel import Channel
 from edge_server.ratelimit import FailureLimiter
 from edge_server.settings import Settings
 from edge_server.store import Store
@@ -14,3 +15,4 @@ STORE = web.AppKey("store", Store)
 CA = web.AppKey("ca", CertificateAuthority)
 CA_PEM = web.AppKey("ca_pem", str)
 REGISTER_LIMITER = web.AppKey("register_limiter", FailureLimiter)
+CHANNEL = web.AppKey("channel", Channel)

@@ -16,6 +16,7 @@ from registration import identity
 log = logging.getLogger(__name__)
 
 RENEW_BEFORE = dt.timedelta(days=30)
+MQTT_IDENTITY = "corral-server"
 
 
 def write_private(path: Path, data: bytes) -> None:
@@ -42,6 +43,8 @@ class Pki:
         self.ca_key_path = directory / "ca-key.pem"
         self.server_cert_path = directory / "server.pem"
         self.server_key_path = directory / "server-key.pem"
+        self.mqtt_client_cert_path = directory / "mqtt-client.pem"
+        self.mqtt_client_key_path = directory / "mqtt-client-key.pem"
 
     def ensure(self, names: list[str]) -> identity.CertificateAuthority:
         """Create the CA on first start; (re)issue the server certificate when names change."""
@@ -59,7 +62,15 @@ class Pki:
             write_private(self.server_key_path, identity.key_to_pem(key))
             write_public(self.server_cert_path, identity.cert_to_pem(cert))
             log.info("issued server certificate for %s", ", ".join(names))
+        if not self.mqtt_client_cert_path.exists():
+            key = identity.generate_key()
+            cert = ca.issue_client(key, MQTT_IDENTITY)
+            write_private(self.mqtt_client_key_path, identity.key_to_pem(key))
+            write_public(self.mqtt_client_cert_path, identity.cert_to_pem(cert))
         return ca
+
+    def mqtt_client_serial(self) -> int:
+        return identity.cert_from_pem(self.mqtt_client_cert_path.read_bytes()).serial_number
 
     def load_ca(self) -> identity.CertificateAuthority:
         return identity.CertificateAuthority(

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlite_utils import Database
 
+from edge_server import specs
 from edge_server.errors import BadRequest, Conflict, Unauthorized
 from edge_server.store import Store
 from edge_server.store import devices as devices_store
+from edge_server.store import state as state_store
 from edge_server.store import tokens as tokens_store
 from edge_server.store.devices import DeviceWrite
 from edge_server.store.rows import audit
@@ -84,7 +86,7 @@ def _commit(
     req: Checked,
     api_url: str,
     mqtt_url: str | None,
-) -> RegisterResponse:
+) -> tuple[list[specs.Change], RegisterResponse]:
     # 1. The token: known, right secret, not revoked, not expired.
     row = tokens_store.get_with_secret(db, req.token.token_id)
     _check_token(row, req.token)
@@ -100,6 +102,9 @@ def _commit(
                 code="device_key_mismatch",
             )
         device_id, created = str(existing["id"]), False
+        if known_key is None:
+            # An operator reset this device: a new agent, with a new outbox, takes it over.
+            state_store.forget_status(db, device_id)
         operator_labels = dict(existing["labels_operator"])
     else:
         max_uses = row["max_uses"]
@@ -141,6 +146,7 @@ def _commit(
         cert.not_valid_before_utc.timestamp(),
         cert.not_valid_after_utc.timestamp(),
     )
+    changes = specs.recompute(db, [device_id])
     audit(
         db,
         f"token:{req.token.token_id}",
@@ -149,7 +155,7 @@ def _commit(
         serial=str(serial),
     )
     labels = devices_store.effective_labels(dict(req.doc.labels), token_labels, operator_labels)
-    return RegisterResponse(
+    return changes, RegisterResponse(
         device_id=device_id,
         name=name,
         certificate=identity.cert_to_pem(cert).decode(),
@@ -168,6 +174,7 @@ async def register(
     doc: RegisterRequest,
     api_url: str,
     mqtt_url: str | None = None,
-) -> RegisterResponse:
+) -> tuple[list[specs.Change], RegisterResponse]:
+    """Returns the spec changes (for nudges) and the answer for the device."""
     checked = check_request(doc, ca.fingerprint)
     return await store.write(lambda db: _commit(db, ca, checked, api_url, mqtt_url))

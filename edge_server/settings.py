@@ -16,6 +16,7 @@ from typing import Any
 from edge_server.errors import ServerError
 
 DEFAULT_LISTEN = "0.0.0.0:8443"  # noqa: S104 - devices on the LAN must reach the appliance
+DEFAULT_MQTT_LISTEN = "0.0.0.0:8883"  # noqa: S104
 DEFAULT_DATA_DIR = "./corral-data"
 
 
@@ -33,6 +34,33 @@ class Settings:
     register_failures_per_minute: int = 20
     max_body_bytes: int = 64 * 1024
     guard_blocking: bool = False
+    mqtt_host: str = "0.0.0.0"  # noqa: S104
+    mqtt_port: int = 8883
+    mqtt_url: str | None = None
+    mqtt_public_url: str | None = None
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.mqtt_url is None
+
+    @property
+    def channel_url(self) -> str:
+        """Where the server's own MQTT client connects."""
+        if self.mqtt_url:
+            return self.mqtt_url
+        host = "127.0.0.1" if self.mqtt_host in ("0.0.0.0", "", "::") else self.mqtt_host  # noqa: S104
+        return f"mqtts://{host}:{self.mqtt_port}"
+
+    def device_mqtt_url(self, api_host: str) -> str:
+        """The MQTT URL handed to devices: explicit, or the host they reached the API on."""
+        if self.mqtt_public_url:
+            return self.mqtt_public_url
+        if self.mqtt_url:
+            return self.mqtt_url
+        host = api_host.rsplit(":", 1)[0] if api_host.count(":") == 1 else api_host
+        if api_host.startswith("["):
+            host = api_host.split("]")[0] + "]"
+        return f"mqtts://{host}:{self.mqtt_port}"
 
     @property
     def db_path(self) -> Path:
@@ -91,6 +119,9 @@ def load(
     listen: str | None = None,
     sans: list[str] | None = None,
     public_url: str | None = None,
+    mqtt_listen: str | None = None,
+    mqtt_url: str | None = None,
+    mqtt_public_url: str | None = None,
 ) -> Settings:
     """Build the settings once, from flags (arguments), environment and the config file."""
     root = Path(data_dir or os.environ.get("CORRAL_DATA_DIR") or DEFAULT_DATA_DIR).absolute()
@@ -104,6 +135,12 @@ def load(
     host, port = parse_listen(
         listen or os.environ.get("CORRAL_LISTEN") or config.get("listen") or DEFAULT_LISTEN
     )
+    mqtt_host, mqtt_port = parse_listen(
+        mqtt_listen
+        or os.environ.get("CORRAL_MQTT_LISTEN")
+        or config.get("mqtt_listen")
+        or DEFAULT_MQTT_LISTEN
+    )
     env_sans = [s for s in os.environ.get("CORRAL_SANS", "").split(",") if s]
     return Settings(
         data_dir=root,
@@ -116,4 +153,10 @@ def load(
             int(config.get("register_failures_per_minute", 20)),
         ),
         guard_blocking=os.environ.get("CORRAL_GUARD_BLOCKING") == "1",
+        mqtt_host=mqtt_host,
+        mqtt_port=mqtt_port,
+        mqtt_url=mqtt_url or os.environ.get("CORRAL_MQTT_URL") or config.get("mqtt_url"),
+        mqtt_public_url=mqtt_public_url
+        or os.environ.get("CORRAL_MQTT_PUBLIC_URL")
+        or config.get("mqtt_public_url"),
     )

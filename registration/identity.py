@@ -202,6 +202,15 @@ class CertificateAuthority:
             .sign(self.key, hashes.SHA256())
         )
 
+    def issue_client(self, key: PrivateKey, common_name: str) -> x509.Certificate:
+        """A client certificate for a service identity (the server's own MQTT client)."""
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+        return (
+            self._builder(subject, key.public_key(), new_serial(), SERVER_CERT_DAYS)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(self.key, hashes.SHA256())
+        )
+
     def issue_server(
         self, key: PrivateKey, names: list[str], common_name: str = "corral-server"
     ) -> x509.Certificate:

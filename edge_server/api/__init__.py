@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from edge_server.api import api_tokens, devices, health, openapi, register, tokens
+from edge_server.api import api_tokens, devices, groups, health, openapi, register, tokens
 
 
 def routes() -> list[web.RouteDef]:
@@ -13,6 +13,7 @@ def routes() -> list[web.RouteDef]:
         *register.routes,
         *tokens.routes,
         *devices.routes,
+        *groups.routes,
         *api_tokens.routes,
         *openapi.routes,
     ]

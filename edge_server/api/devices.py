@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from aiohttp import web
 from sqlite_utils import Database
 
-from edge_server import selectors
+from edge_server import selectors, specs
 from edge_server.api.http import json_response, query_int, read_model
-from edge_server.auth import current_device, current_operator, device, operator
+from edge_server.auth import (
+    authenticate_device,
+    authenticate_operator,
+    current_device,
+    current_operator,
+    device,
+    operator,
+    peer_certificate,
+)
 from edge_server.errors import NotFound
-from edge_server.keys import STORE
+from edge_server.keys import CHANNEL, STORE
 from edge_server.store import devices as devices_store
+from edge_server.store import state as state_store
 from edge_server.store.rows import audit
+from registration.desired import Spec, SpecDocument, SpecPatch, StatusAck, StatusBatch
 from registration.protocol import LabelPatch
 
 routes = web.RouteTableDef()
@@ -58,6 +69,7 @@ async def _get(request: web.Request, device_id: str) -> dict[str, Any]:
                 {**c, "serial": str(c["serial"])}
                 for c in devices_store.certificates_of(db, device_id)
             ]
+            row["state"] = state_store.get(db, device_id)
         return row
 
     row = await request.app[STORE].read(read)
@@ -71,6 +83,20 @@ async def _get(request: web.Request, device_id: str) -> dict[str, Any]:
 async def show_device(request: web.Request) -> web.Response:
     row = await _get(request, request.match_info["device_id"])
     public = _public(row)
+    state = row.get("state") or {}
+    public.pop("state", None)
+    public["desired"] = {"generation": state.get("generation", 0), "spec": state.get("spec")}
+    public["reported"] = {
+        "observed_generation": state.get("observed_generation", 0),
+        "conditions": state.get("conditions", []),
+        "acked_seq": state.get("acked_seq", 0),
+        "status_at": state.get("status_at"),
+    }
+    public["groups"] = state.get("groups", [])
+    public["override"] = state.get("override", {})
+    public["online"] = bool(state.get("online", 0))
+    public["last_seen"] = state.get("last_seen")
+    public["in_sync"] = public["desired"]["generation"] == state.get("observed_generation")
     public["label_sources"] = {
         "local": row["labels_local"],
         "token": row["labels_token"],
@@ -86,15 +112,17 @@ async def label_device(request: web.Request) -> web.Response:
     patch = await read_model(request, LabelPatch)
     who = current_operator(request)
 
-    def write(db: Database) -> dict[str, Any] | None:
+    def write(db: Database) -> tuple[dict[str, Any] | None, list[specs.Change]]:
         row = devices_store.set_operator_labels(db, device_id, patch.labels)
-        if row is not None:
-            audit(db, who.username, "device.label", device_id, labels=patch.labels)
-        return row
+        if row is None:
+            return None, []
+        audit(db, who.username, "device.label", device_id, labels=patch.labels)
+        return row, specs.recompute(db, [device_id])
 
-    row = await request.app[STORE].write(write)
+    row, changes = await request.app[STORE].write(write)
     if row is None:
         raise NotFound(f"no device {device_id}")
+    await request.app[CHANNEL].nudge(changes)
     return json_response(_public(row))
 
 
@@ -137,3 +165,70 @@ async def whoami(request: web.Request) -> web.Response:
             "labels": row["labels"],
         }
     )
+
+
+@routes.get("/api/v1/devices/{device_id}/spec")
+async def device_spec(request: web.Request) -> web.StreamResponse:
+    """The device (mTLS, its own id only) or an operator reads the computed spec.
+    ETag is the generation: If-None-Match gives 304 while nothing changed."""
+    device_id = request.match_info["device_id"]
+    if peer_certificate(request) is not None:
+        await authenticate_device(request)
+    else:
+        await authenticate_operator(request)
+    state = await request.app[STORE].read(lambda db: state_store.get(db, device_id))
+    if state is None:
+        raise NotFound(f"no device {device_id}")
+    etag = f'"g{state["generation"]}"'
+    if request.headers.get("If-None-Match") == etag:
+        return web.Response(status=304, headers={"ETag": etag})
+    doc = SpecDocument(
+        device_id=device_id, generation=state["generation"], spec=Spec.model_validate(state["spec"])
+    )
+    response = json_response(doc)
+    response.headers["ETag"] = etag
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@routes.put("/api/v1/devices/{device_id}/override")
+@operator("operator")
+async def set_override(request: web.Request) -> web.Response:
+    device_id = request.match_info["device_id"]
+    patch = await read_model(request, SpecPatch)
+    who = current_operator(request)
+    override = patch.model_dump(exclude_none=True)
+
+    def write(db: Database) -> tuple[bool, list[specs.Change]]:
+        if devices_store.get(db, device_id) is None:
+            return False, []
+        state_store.set_override(db, device_id, override)
+        audit(db, who.username, "device.override", device_id)
+        return True, specs.recompute(db, [device_id])
+
+    found, changes = await request.app[STORE].write(write)
+    if not found:
+        raise NotFound(f"no device {device_id}")
+    await request.app[CHANNEL].nudge(changes)
+    state = await request.app[STORE].read(lambda db: state_store.get(db, device_id))
+    assert state is not None  # noqa: S101 - just written
+    return json_response(
+        {"device_id": device_id, "generation": state["generation"], "override": override}
+    )
+
+
+@routes.post("/api/v1/devices/{device_id}/status")
+@device
+async def post_status(request: web.Request) -> web.Response:
+    """The HTTP path for status: the same exactly-once application as MQTT."""
+    me = current_device(request)
+    batch = await read_model(request, StatusBatch)
+    acked, applied = await request.app[CHANNEL].apply_status(me.device_id, batch, "http")
+    return json_response(StatusAck(acked_seq=acked, applied=applied))
+
+
+@routes.get("/api/v1/stats")
+@operator("viewer")
+async def stats(request: web.Request) -> web.Response:
+    channel = request.app[CHANNEL].stats
+    return json_response({"channel": dataclasses.asdict(channel)})

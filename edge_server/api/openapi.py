@@ -7,7 +7,9 @@ from typing import Any
 from aiohttp import web
 
 from edge_server.api.api_tokens import ApiTokenCreate
+from edge_server.api.groups import GroupCreate, GroupUpdate
 from edge_server.api.http import json_response
+from registration.desired import SpecPatch, StatusBatch
 from registration.protocol import LabelPatch, RegisterRequest, RegisterResponse, TokenCreate
 
 routes = web.RouteTableDef()
@@ -134,7 +136,17 @@ def _schemas() -> dict[str, Any]:
             "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
         }
     }
-    for model in (RegisterRequest, RegisterResponse, TokenCreate, LabelPatch, ApiTokenCreate):
+    for model in (
+        RegisterRequest,
+        RegisterResponse,
+        TokenCreate,
+        LabelPatch,
+        ApiTokenCreate,
+        SpecPatch,
+        StatusBatch,
+        GroupCreate,
+        GroupUpdate,
+    ):
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema

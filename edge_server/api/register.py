@@ -7,7 +7,7 @@ from aiohttp import web
 from edge_server import registrar
 from edge_server.api.http import json_response, read_model
 from edge_server.errors import ServerError
-from edge_server.keys import CA, REGISTER_LIMITER, SETTINGS, STORE
+from edge_server.keys import CA, CHANNEL, REGISTER_LIMITER, SETTINGS, STORE
 from registration.errors import RegistrationError
 from registration.protocol import RegisterRequest
 
@@ -26,13 +26,15 @@ async def register(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     try:
         doc = await read_model(request, RegisterRequest)
-        result = await registrar.register(
+        changes, result = await registrar.register(
             request.app[STORE],
             request.app[CA],
             doc,
             api_url=settings.public_url or f"{request.scheme}://{request.host}",
+            mqtt_url=settings.device_mqtt_url(request.host),
         )
     except (ServerError, RegistrationError):
         limiter.record_failure(address)
         raise
+    await request.app[CHANNEL].nudge(changes)
     return json_response(result, status=201 if result.created else 200)

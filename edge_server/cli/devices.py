@@ -5,18 +5,25 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from edge_server.cli import output
+from edge_server.cli import groups, output
 from edge_server.cli.client import ApiClient
 from edge_server.cli.errors import CliError
 from edge_server.cli.output import Column
 
+
+def _conditions(d: dict[str, Any]) -> str:
+    return ",".join(f"{c['type']}={c['status']}" for c in d.get("conditions") or []) or "-"
+
+
 COLUMNS: list[Column] = [
     ("id", lambda d: d["id"]),
     ("name", lambda d: d["name"]),
-    ("group", lambda d: d["group"]),
+    ("state", lambda d: "online" if d.get("online") else "offline"),
+    ("gen", lambda d: f"{d.get('observed_generation', 0)}/{d.get('generation', 0)}"),
+    ("conditions", _conditions),
+    ("last seen", lambda d: output.when(d.get("last_seen"))),
     ("cpus", lambda d: d["facts"]["cpu"]["count"]),
     ("memory", lambda d: f"{d['facts']['memory']['total_bytes'] // 2**20} MiB"),
-    ("registered", lambda d: output.when(d["registered_at"])),
     ("labels", lambda d: output.labels(d["labels"])),
 ]
 
@@ -56,6 +63,16 @@ def label(args: argparse.Namespace, api: ApiClient) -> None:
     )
 
 
+def spec(args: argparse.Namespace, api: ApiClient) -> None:
+    output.emit(api.request("GET", f"/api/v1/devices/{args.id}/spec"), "json")
+
+
+def override(args: argparse.Namespace, api: ApiClient) -> None:
+    shown = api.request("GET", f"/api/v1/devices/{args.id}")
+    body = {} if args.clear else groups.apply_flags(shown.get("override") or {}, args)
+    output.emit(api.request("PUT", f"/api/v1/devices/{args.id}/override", body), "json")
+
+
 def delete(args: argparse.Namespace, api: ApiClient) -> None:
     output.emit(
         api.request("DELETE", f"/api/v1/devices/{args.id}"),
@@ -87,6 +104,14 @@ def add_parser(sub: argparse._SubParsersAction[Any], common: argparse.ArgumentPa
     lb.add_argument("id")
     lb.add_argument("labels", nargs="+")
     lb.set_defaults(func=label)
+    sp = verbs.add_parser("spec", parents=[common], help="the device's computed spec (JSON)")
+    sp.add_argument("id")
+    sp.set_defaults(func=spec)
+    ov = verbs.add_parser("override", parents=[common], help="per-device spec override")
+    ov.add_argument("id")
+    ov.add_argument("--clear", action="store_true", help="remove the override")
+    groups.add_spec_flags(ov)
+    ov.set_defaults(func=override)
     for name, func, text in (
         ("delete", delete, "delete a device and revoke its certificates"),
         ("reset", reset, "forget a device's key so its machine can register anew"),

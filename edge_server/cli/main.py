@@ -7,7 +7,7 @@ import logging
 import sys
 from typing import NoReturn
 
-from edge_server.cli import api_tokens, devices, serve, tokens
+from edge_server.cli import api_tokens, devices, groups, serve, tokens
 from edge_server.cli.client import ApiClient
 from edge_server.errors import ServerError
 from registration.errors import RegistrationError
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_parser(sub)
     tokens.add_parser(sub, common)
     devices.add_parser(sub, common)
+    groups.add_parser(sub, common)
     api_tokens.add_parser(sub, common)
     return parser
 

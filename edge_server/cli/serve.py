@@ -26,7 +26,30 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
         "--san", action="append", default=[], help="extra name or IP for the server certificate"
     )
     p.add_argument("--public-url", help="the URL devices use to reach this server")
+    add_mqtt_arguments(p)
     p.set_defaults(func=run)
+
+
+def add_mqtt_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--mqtt-listen", help="HOST:PORT of the embedded MQTT broker (default 0.0.0.0:8883)"
+    )
+    p.add_argument(
+        "--mqtt-url", help="use an external broker (mqtts://host:port) instead of the embedded one"
+    )
+    p.add_argument("--mqtt-public-url", help="the MQTT URL devices are told to use")
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    return load(
+        data_dir=args.data_dir,
+        listen=args.listen,
+        sans=args.san,
+        public_url=args.public_url,
+        mqtt_listen=args.mqtt_listen,
+        mqtt_url=args.mqtt_url,
+        mqtt_public_url=args.mqtt_public_url,
+    )
 
 
 def announce(settings: Settings, creds: bootstrap.AdminCredentials | None) -> None:
@@ -43,14 +66,14 @@ def announce(settings: Settings, creds: bootstrap.AdminCredentials | None) -> No
     out.write(
         f"Corral serving on https://{settings.host}:{settings.port}"
         f" (data {settings.data_dir}, CA sha256 {ca.fingerprint})\n"
+        f"MQTT: {'embedded broker on ' if settings.embedded_broker else 'external broker '}"
+        f"{settings.channel_url}\n"
     )
     out.flush()
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = load(
-        data_dir=args.data_dir, listen=args.listen, sans=args.san, public_url=args.public_url
-    )
+    settings = settings_from_args(args)
     creds = bootstrap.prepare(settings)
     announce(settings, creds)
     asyncio.run(serve_until_signalled(settings))

@@ -12,7 +12,13 @@ from edge_server.selectors import Selector
 from edge_server.store.rows import dumps, loads_columns
 
 JSON_COLUMNS = ("labels", "labels_local", "labels_token", "labels_operator", "facts")
-LIST_COLUMNS = "id, name, group_name, labels, agent_version, registered_at, updated_at, facts"
+LIST_COLUMNS = (
+    "d.id, d.name, d.group_name, d.labels, d.agent_version, d.registered_at, d.updated_at,"
+    " d.facts, coalesce(s.online, 0) AS online, coalesce(s.generation, 0) AS generation,"
+    " coalesce(s.observed_generation, 0) AS observed_generation,"
+    " coalesce(s.conditions, '[]') AS conditions, s.last_seen, s.groups"
+)
+FROM_JOINED = "devices d LEFT JOIN device_state s ON s.device_id = d.id"
 
 
 @dataclass(frozen=True)
@@ -111,19 +117,19 @@ def _where(selector: Selector, after: str | None) -> tuple[str, list[Any]]:
     for req in selector.requirements:
         path = f'$."{req.key}"'
         if req.op == "exists":
-            clauses.append("json_type(labels, ?) IS NOT NULL")
+            clauses.append("json_type(d.labels, ?) IS NOT NULL")
             params.append(path)
         elif req.op == "!exists":
-            clauses.append("json_type(labels, ?) IS NULL")
+            clauses.append("json_type(d.labels, ?) IS NULL")
             params.append(path)
         elif req.op == "=":
-            clauses.append("json_extract(labels, ?) = ?")
+            clauses.append("json_extract(d.labels, ?) = ?")
             params.extend([path, req.value])
         else:
-            clauses.append("(json_extract(labels, ?) IS NULL OR json_extract(labels, ?) != ?)")
+            clauses.append("(json_extract(d.labels, ?) IS NULL OR json_extract(d.labels, ?) != ?)")
             params.extend([path, path, req.value])
     if after:
-        clauses.append("id > ?")
+        clauses.append("d.id > ?")
         params.append(after)
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
@@ -133,15 +139,23 @@ def list_page(
 ) -> list[dict[str, Any]]:
     where, params = _where(selector, after)
     rows = db.query(
-        f"SELECT {LIST_COLUMNS} FROM devices{where} ORDER BY id LIMIT ?",  # noqa: S608
+        f"SELECT {LIST_COLUMNS} FROM {FROM_JOINED}{where} ORDER BY d.id LIMIT ?",  # noqa: S608
         [*params, limit],
     )
-    return [loads_columns(dict(r), "labels", "facts") for r in rows]
+    return [_listed(dict(r)) for r in rows]
+
+
+def _listed(row: dict[str, Any]) -> dict[str, Any]:
+    row = loads_columns(row, "labels", "facts", "conditions", "groups")
+    row["online"] = bool(row["online"])
+    row["groups"] = row["groups"] or []
+    return row
 
 
 def count(db: Database, selector: Selector) -> int:
     where, params = _where(selector, None)
-    return int(db.execute(f"SELECT count(*) FROM devices{where}", params).fetchone()[0])  # noqa: S608
+    sql = f"SELECT count(*) FROM {FROM_JOINED}{where}"  # noqa: S608
+    return int(db.execute(sql, params).fetchone()[0])
 
 
 def add_certificate(
@@ -178,6 +192,8 @@ def revoke_certificates(db: Database, device_id: str) -> int:
 
 def delete(db: Database, device_id: str) -> bool:
     revoke_certificates(db, device_id)
+    db.execute("DELETE FROM status_events WHERE device_id = ?", (device_id,))
+    db.execute("DELETE FROM device_state WHERE device_id = ?", (device_id,))
     cur = db.execute("DELETE FROM devices WHERE id = ?", (device_id,))
     return cur.rowcount > 0
 

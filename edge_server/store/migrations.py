@@ -78,6 +78,43 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        2,
+        """
+        CREATE TABLE groups (
+            name TEXT PRIMARY KEY,
+            selector TEXT NOT NULL DEFAULT '',
+            priority INTEGER NOT NULL DEFAULT 0,
+            spec TEXT NOT NULL DEFAULT '{}',
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        );
+        CREATE TABLE device_state (
+            device_id TEXT PRIMARY KEY,
+            override TEXT NOT NULL DEFAULT '{}',
+            spec TEXT NOT NULL DEFAULT '{}',
+            spec_hash TEXT NOT NULL DEFAULT '',
+            generation INTEGER NOT NULL DEFAULT 0,
+            groups TEXT NOT NULL DEFAULT '[]',
+            observed_generation INTEGER NOT NULL DEFAULT 0,
+            conditions TEXT NOT NULL DEFAULT '[]',
+            acked_seq INTEGER NOT NULL DEFAULT 0,
+            online INTEGER NOT NULL DEFAULT 0,
+            last_seen REAL,
+            status_at REAL
+        );
+        CREATE TABLE status_events (
+            device_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            observed_generation INTEGER NOT NULL,
+            conditions TEXT NOT NULL,
+            at REAL NOT NULL,
+            applied_at REAL NOT NULL,
+            via TEXT NOT NULL,
+            PRIMARY KEY (device_id, seq)
+        ) WITHOUT ROWID;
+        """,
+    ),
 ]
 
 

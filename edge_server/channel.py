@@ -1,0 +1,233 @@
+"""The server's side of the MQTT channel: nudges out, status and presence in.
+
+One aiomqtt client (paho underneath) with the server's own certificate. It reconnects
+forever with backoff. On every (re)connect it republishes the nudges of devices that have
+not yet observed their spec, so a change made while the broker was away still arrives.
+Nudges are retained, QoS 1, ``{"generation": N, "acked_seq": S}``; secrets never go here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import ssl
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from pydantic import ValidationError
+
+from edge_server.pki import MQTT_IDENTITY
+from edge_server.specs import Change
+from edge_server.store import Store
+from edge_server.store import state as state_store
+from registration.desired import (
+    TOPIC_ROOT,
+    Nudge,
+    Presence,
+    StatusBatch,
+    device_of_topic,
+    nudge_topic,
+)
+
+log = logging.getLogger(__name__)
+
+
+PUBLISH_CONCURRENCY = 512
+HANDLER_CONCURRENCY = 256
+
+
+@dataclass(frozen=True)
+class ChannelSettings:
+    url: str
+    ca: Path
+    cert: Path
+    key: Path
+    mqtt5: bool = False
+    share_group: str = "corral"
+
+
+@dataclass
+class ChannelStats:
+    connected: bool = False
+    connects: int = 0
+    nudges_sent: int = 0
+    status_applied: int = 0
+    status_duplicates: int = 0
+    presence: int = 0
+    dropped: int = 0
+    drop_reasons: dict[str, int] = field(default_factory=dict)
+
+    def drop(self, reason: str) -> None:
+        self.dropped += 1
+        self.drop_reasons[reason] = self.drop_reasons.get(reason, 0) + 1
+
+
+class Channel:
+    def __init__(self, settings: ChannelSettings, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+        self.stats = ChannelStats()
+        self._client: aiomqtt.Client | None = None
+        self._publish_slots = asyncio.Semaphore(PUBLISH_CONCURRENCY)
+        self._handler_slots = asyncio.Semaphore(HANDLER_CONCURRENCY)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._connected = asyncio.Event()
+
+    # --- outgoing ------------------------------------------------------------------
+
+    async def nudge(self, changes: Iterable[Change]) -> None:
+        """Publish nudges; when disconnected they are republished on reconnect."""
+        client = self._client
+        if client is None:
+            return
+        await asyncio.gather(
+            *(self._publish_nudge(client, c.device_id, c.generation, c.acked_seq) for c in changes)
+        )
+
+    async def _publish_nudge(
+        self, client: aiomqtt.Client, device_id: str, generation: int, acked_seq: int
+    ) -> None:
+        payload = Nudge(generation=generation, acked_seq=acked_seq).model_dump_json()
+        async with self._publish_slots:
+            try:
+                await client.publish(nudge_topic(device_id), payload, qos=1, retain=True)
+            except aiomqtt.MqttError as e:
+                log.info("nudge for %s not sent (%s); it is resent on reconnect", device_id, e)
+                return
+        self.stats.nudges_sent += 1
+
+    async def wait_connected(self) -> None:
+        await self._connected.wait()
+
+    # --- the connection --------------------------------------------------------------
+
+    def _tls(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.settings.ca))
+        ctx.load_cert_chain(self.settings.cert, self.settings.key)
+        return ctx
+
+    def _client_for(self, tls: ssl.SSLContext) -> aiomqtt.Client:
+        url = urlparse(self.settings.url)
+        common: dict[str, Any] = {
+            "hostname": url.hostname or "127.0.0.1",
+            "port": url.port or 8883,
+            "identifier": MQTT_IDENTITY,
+            "tls_context": tls,
+            "keepalive": 30,
+            "max_inflight_messages": 1000,
+            "max_queued_outgoing_messages": 0,
+            "timeout": 30,
+        }
+        if self.settings.mqtt5:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = 3600
+            return aiomqtt.Client(
+                protocol=aiomqtt.ProtocolVersion.V5,
+                clean_start=False,
+                properties=props,
+                **common,
+            )
+        return aiomqtt.Client(protocol=aiomqtt.ProtocolVersion.V311, clean_session=False, **common)
+
+    def _subscriptions(self) -> list[str]:
+        topics = [f"{TOPIC_ROOT}/+/status", f"{TOPIC_ROOT}/+/presence"]
+        if self.settings.mqtt5:
+            return [f"$share/{self.settings.share_group}/{t}" for t in topics]
+        return topics
+
+    async def run(self) -> None:
+        """Connect, subscribe, consume; reconnect forever with capped, jittered backoff."""
+        tls = await asyncio.to_thread(self._tls)
+        delay = 0.5
+        while True:
+            try:
+                async with self._client_for(tls) as client:
+                    for topic in self._subscriptions():
+                        await client.subscribe(topic, qos=1)
+                    self._client = client
+                    self.stats.connected = True
+                    self.stats.connects += 1
+                    self._connected.set()
+                    delay = 0.5
+                    log.info("MQTT channel connected to %s", self.settings.url)
+                    await self._republish(client)
+                    async for message in client.messages:
+                        await self._handler_slots.acquire()
+                        task = asyncio.create_task(self._handle(message))
+                        self._tasks.add(task)
+                        task.add_done_callback(self._done)
+            except aiomqtt.MqttError as e:
+                log.warning("MQTT channel lost (%s); retrying in %.1fs", e, delay)
+            finally:
+                self._client = None
+                self.stats.connected = False
+                self._connected.clear()
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))  # noqa: S311 - jitter
+            delay = min(delay * 2, 10.0)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._handler_slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("MQTT message handler failed", exc_info=task.exception())
+
+    async def _republish(self, client: aiomqtt.Client) -> None:
+        pending = await self.store.read(state_store.pending_nudges)
+        if pending:
+            log.info("republishing %d pending nudges", len(pending))
+        await asyncio.gather(*(self._publish_nudge(client, *p) for p in pending))
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # --- incoming --------------------------------------------------------------------
+
+    async def _handle(self, message: aiomqtt.Message) -> None:
+        where = device_of_topic(str(message.topic))
+        if where is None:
+            self.stats.drop("unknown_topic")
+            return
+        device_id, kind = where
+        payload = message.payload
+        if not isinstance(payload, bytes | bytearray):
+            self.stats.drop("not_bytes")
+            return
+        try:
+            data = json.loads(payload)
+            if kind == "status":
+                await self.apply_status(device_id, StatusBatch.model_validate(data), "mqtt")
+            elif kind == "presence":
+                await self._presence(device_id, Presence.model_validate(data))
+            else:
+                self.stats.drop("unknown_kind")
+        except (ValueError, ValidationError) as e:
+            self.stats.drop(f"malformed_{kind}")
+            log.warning("dropped malformed %s from %s: %s", kind, device_id, str(e)[:200])
+
+    async def apply_status(self, device_id: str, batch: StatusBatch, via: str) -> tuple[int, int]:
+        events = [e.model_dump() for e in batch.events]
+        acked, applied, generation = await self.store.write(
+            lambda db: state_store.apply_status(db, device_id, events, via)
+        )
+        self.stats.status_applied += applied
+        self.stats.status_duplicates += len(events) - applied
+        client = self._client
+        if client is not None and generation:
+            await self._publish_nudge(client, device_id, generation, acked)
+        return acked, applied
+
+    async def _presence(self, device_id: str, presence: Presence) -> None:
+        self.stats.presence += 1
+        await self.store.write(lambda db: state_store.set_presence(db, device_id, presence.online))

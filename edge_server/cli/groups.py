@@ -1,0 +1,132 @@
+"""``corral group create|set|list|show|delete``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from edge_server.cli import output
+from edge_server.cli.client import ApiClient
+from edge_server.cli.errors import CliError
+from edge_server.cli.output import Column
+
+COLUMNS: list[Column] = [
+    ("name", lambda g: g["name"]),
+    ("priority", lambda g: g["priority"]),
+    ("selector", lambda g: g["selector"] or "(all devices)"),
+    ("os", lambda g: (g["spec"].get("os") or {}).get("version")),
+    ("k3s", lambda g: (g["spec"].get("k3s") or {}).get("version")),
+    ("files", lambda g: len(g["spec"].get("config") or [])),
+]
+
+
+def parse_file(text: str, mode: str | None) -> dict[str, Any]:
+    """``/etc/motd=hello`` or ``/etc/motd=@local-file``; mode from ``--mode`` or 0644."""
+    path, sep, value = text.partition("=")
+    if not sep or not path.startswith("/"):
+        raise CliError(f"bad --file {text!r}", hint="use /abs/path=content or /abs/path=@localfile")
+    if value.startswith("@"):
+        try:
+            value = Path(value[1:]).read_text()
+        except OSError as e:
+            raise CliError(f"cannot read {value[1:]}: {e.strerror}") from e
+    try:
+        file_mode = int(mode or "0644", 8)
+    except ValueError as e:
+        raise CliError(f"bad --mode {mode!r}", hint="octal, e.g. 0640") from e
+    return {"path": path, "mode": file_mode, "content": value}
+
+
+def apply_flags(spec: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Apply ``corral group set``/``device override`` flags to a spec patch."""
+    spec = dict(spec)
+    if args.os_version is not None or args.os_artifact is not None:
+        os_spec = dict(spec.get("os") or {})
+        if args.os_version is not None:
+            os_spec["version"] = args.os_version
+        if args.os_artifact is not None:
+            os_spec["artifact"] = args.os_artifact
+        spec["os"] = os_spec
+    if args.k3s_version is not None or args.k3s_role is not None:
+        k3s = dict(spec.get("k3s") or {})
+        if args.k3s_version is not None:
+            k3s["version"] = args.k3s_version
+        if args.k3s_role is not None:
+            k3s["role"] = args.k3s_role
+        spec["k3s"] = k3s
+    if args.file or args.remove_file or args.clear_files:
+        files = {} if args.clear_files else {f["path"]: f for f in spec.get("config") or []}
+        for path in args.remove_file:
+            files.pop(path, None)
+        for text in args.file:
+            new = parse_file(text, args.mode)
+            files[new["path"]] = new
+        spec["config"] = [files[p] for p in sorted(files)]
+    if args.clear_bundles:
+        spec["bundles"] = []
+    return spec
+
+
+def add_spec_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--os-version")
+    p.add_argument("--os-artifact")
+    p.add_argument("--k3s-version")
+    p.add_argument("--k3s-role", choices=["server", "agent", "auto"])
+    p.add_argument("--file", action="append", default=[], help="/path=content or /path=@local")
+    p.add_argument("--mode", help="octal mode for the --file entries (default 0644)")
+    p.add_argument("--remove-file", action="append", default=[], metavar="PATH")
+    p.add_argument("--clear-files", action="store_true")
+    p.add_argument("--clear-bundles", action="store_true")
+
+
+def create(args: argparse.Namespace, api: ApiClient) -> None:
+    body = {"name": args.name, "selector": args.selector or "", "priority": args.priority}
+    output.emit(api.request("POST", "/api/v1/groups", body), args.output, COLUMNS)
+
+
+def set_(args: argparse.Namespace, api: ApiClient) -> None:
+    group = api.request("GET", f"/api/v1/groups/{args.name}")
+    body: dict[str, Any] = {"spec": apply_flags(group["spec"], args)}
+    if args.selector is not None:
+        body["selector"] = args.selector
+    if args.priority is not None:
+        body["priority"] = args.priority
+    result = api.request("PATCH", f"/api/v1/groups/{args.name}", body)
+    output.emit(result, args.output, COLUMNS)
+    if args.output != "json":
+        sys.stdout.write(f"{result['devices_changed']} device(s) got a new generation\n")
+
+
+def list_(args: argparse.Namespace, api: ApiClient) -> None:
+    output.emit(api.request("GET", "/api/v1/groups")["items"], args.output, COLUMNS)
+
+
+def show(args: argparse.Namespace, api: ApiClient) -> None:
+    output.emit(api.request("GET", f"/api/v1/groups/{args.name}"), "json")
+
+
+def delete(args: argparse.Namespace, api: ApiClient) -> None:
+    output.emit(api.request("DELETE", f"/api/v1/groups/{args.name}"), "json")
+
+
+def add_parser(sub: argparse._SubParsersAction[Any], common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("group", help="groups: selectors, priorities and desired state")
+    verbs = p.add_subparsers(dest="verb", required=True)
+    c = verbs.add_parser("create", parents=[common], help="create a group")
+    c.add_argument("name")
+    c.add_argument("--selector", "-l", default="", help="label selector, e.g. site=eu,tier!=lab")
+    c.add_argument("--priority", type=int, default=0, help="higher wins")
+    c.set_defaults(func=create)
+    s = verbs.add_parser("set", parents=[common], help="change a group's desired state")
+    s.add_argument("name")
+    s.add_argument("--selector", "-l")
+    s.add_argument("--priority", type=int)
+    add_spec_flags(s)
+    s.set_defaults(func=set_)
+    verbs.add_parser("list", parents=[common], help="list groups").set_defaults(func=list_)
+    for name, func in (("show", show), ("delete", delete)):
+        v = verbs.add_parser(name, parents=[common], help=f"{name} a group")
+        v.add_argument("name")
+        v.set_defaults(func=func)
