@@ -170,7 +170,8 @@ async def whoami(request: web.Request) -> web.Response:
 @routes.get("/api/v1/devices/{device_id}/spec")
 async def device_spec(request: web.Request) -> web.StreamResponse:
     """The device (mTLS, its own id only) or an operator reads the computed spec.
-    ETag is the generation: If-None-Match gives 304 while nothing changed."""
+    The ETag covers the generation and the acknowledged status seq: If-None-Match gives 304
+    while neither changed."""
     device_id = request.match_info["device_id"]
     if peer_certificate(request) is not None:
         await authenticate_device(request)
@@ -179,11 +180,14 @@ async def device_spec(request: web.Request) -> web.StreamResponse:
     state = await request.app[STORE].read(lambda db: state_store.get(db, device_id))
     if state is None:
         raise NotFound(f"no device {device_id}")
-    etag = f'"g{state["generation"]}"'
+    etag = f'"g{state["generation"]}.a{state["acked_seq"]}"'
     if request.headers.get("If-None-Match") == etag:
         return web.Response(status=304, headers={"ETag": etag})
     doc = SpecDocument(
-        device_id=device_id, generation=state["generation"], spec=Spec.model_validate(state["spec"])
+        device_id=device_id,
+        generation=state["generation"],
+        spec=Spec.model_validate(state["spec"]),
+        acked_seq=state["acked_seq"],
     )
     response = json_response(doc)
     response.headers["ETag"] = etag
