@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import NoReturn
 
-from edge_server.cli import api_tokens, devices, groups, serve, tokens
+from edge_server.cli import api_tokens, demo, devices, groups, serve, tokens
 from edge_server.cli.client import ApiClient
 from edge_server.errors import ServerError
 from registration.errors import RegistrationError
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="noun", required=True)
     serve.add_parser(sub)
+    demo.add_parser(sub)
     tokens.add_parser(sub, common)
     devices.add_parser(sub, common)
     groups.add_parser(sub, common)
@@ -57,15 +59,19 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG
         if args.debug
         else logging.INFO
-        if args.verbose or args.noun == "serve"
+        if args.verbose or args.noun in ("serve", "demo")
         else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        if args.noun == "serve":
+        if args.noun in ("serve", "demo"):
             return int(args.func(args))
         api = ApiClient.from_args(args.server, args.data_dir)
         args.func(args, api)
+        return 0
+    except BrokenPipeError:
+        # `corral device list | head`: the reader left; that is not an error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except (ServerError, RegistrationError, OSError, ValueError) as e:
         if args.debug:
