@@ -1,0 +1,872 @@
+"""A network-fault lab for end-to-end tests: namespaces, one bridge, veth links, nftables loss.
+
+Topology of one :class:`Lab` (nothing is created in the root namespace)::
+
+    <prefix>-sw    switch namespace holding the bridge <prefix>br
+    <prefix>-srv   server, eth0 = 10.237.X.1/24     <-- veth -->  <prefix>v0  (port of the bridge)
+    <prefix>-aN    agent N, eth0 = 10.237.X.(10+N)   <-- veth -->  <prefix>v(N+1)
+
+``<prefix>`` is ``crl`` plus 6 random hex digits, new for every lab, so reruns on the same machine
+never collide and leftovers of crashed runs are recognisable (see :func:`sweep_leftovers`).
+X is chosen per lab among the values no live lab uses.
+
+Faults:
+
+* :meth:`Host.link_down` sets the switch-side veth down: the host's eth0 loses carrier and every
+  frame to or from it is dropped silently, like a cut cable. Every host has permanent neighbour
+  (ARP) entries for all the others, so a connect attempt times out instead of failing with
+  EHOSTUNREACH after ARP gives up, and established connections just retransmit: no RST, and
+  they carry on after :meth:`Host.link_up`.
+* :meth:`Host.drop_percent` installs an nftables table inside the host's namespace that drops
+  p % of the packets (``numgen random mod 100 < p drop``) on input, output or both.
+
+Every process started with :meth:`Host.popen` is killed (SIGTERM to its process group, then
+SIGKILL) at teardown, and so is any other process still inside one of the lab's namespaces.
+
+The module only needs the standard library, ``ip`` (iproute2) and ``nft``; it must run as root.
+Run as a script inside a namespace it also provides the small ICMP and TCP probes the hosts use.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import errno
+import ipaddress
+import json
+import os
+import random
+import re
+import secrets
+import select
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+__all__ = [
+    "Host",
+    "Lab",
+    "LabError",
+    "LabTeardownError",
+    "PingResult",
+    "leftovers",
+    "sweep_leftovers",
+]
+
+PREFIX_STEM = "crl"
+#: One lab's name prefix: ``crl`` + 6 hex digits (so interface names stay within 15 characters).
+PREFIX_RE = re.compile(r"^crl[0-9a-f]{6}$")
+_NS_RE = re.compile(r"^(crl[0-9a-f]{6})-(?:sw|srv|a\d{1,3})$")
+_LINK_RE = re.compile(r"^(crl[0-9a-f]{6})(?:br|v\d{1,3})$")
+_TABLE_RE = re.compile(r"^(crl[0-9a-f]{6})_[a-z]+$")
+
+#: Where each live lab records its owner (pid and start time), so that the sweeper leaves labs of
+#: running processes alone and only removes those of processes that are gone.
+MARKER_DIR = Path("/run/corral-netns-lab")
+
+SUBNET_FIRST_OCTETS = (10, 237)
+SERVER_HOST = 1
+FIRST_AGENT_HOST = 10
+MAX_AGENTS = 200
+HOST_IFACE = "eth0"
+NFT_FAMILY = "inet"
+
+_SCRIPT = str(Path(__file__).resolve())
+_IP_TIMEOUT = 30.0
+_DEFAULT_TERM_GRACE = 3.0
+
+Direction = Literal["both", "in", "out"]
+
+
+class LabError(RuntimeError):
+    """A lab command failed."""
+
+
+class LabTeardownError(LabError):
+    """Tearing a lab down left something behind or failed; the message says what."""
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise LabError(f"{name!r} is not installed (scripts/install-debian-deps.sh installs it)")
+    return path
+
+
+def _cmd(argv: Sequence[str], *, stdin: str | None = None, check: bool = True) -> str:
+    """Run a short administrative command; return its stdout, raise LabError when it fails."""
+    try:
+        done = subprocess.run(
+            list(argv),
+            input=stdin,
+            stdin=None if stdin is not None else subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=_IP_TIMEOUT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise LabError(f"{' '.join(argv)}: timed out after {_IP_TIMEOUT}s") from exc
+    if check and done.returncode != 0:
+        detail = (done.stderr or done.stdout).strip()
+        raise LabError(f"{' '.join(argv)}: exit {done.returncode}: {detail}")
+    return done.stdout
+
+
+def _ip(*args: str, ns: str | None = None, stdin: str | None = None, check: bool = True) -> str:
+    argv = [_tool("ip")]
+    if ns is not None:
+        argv += ["-n", ns]
+    return _cmd([*argv, *args], stdin=stdin, check=check)
+
+
+def _ip_batch(ns: str, lines: Iterable[str]) -> None:
+    """Run several ``ip`` commands in namespace ``ns`` with one process."""
+    _ip("-batch", "-", ns=ns, stdin="".join(f"{line}\n" for line in lines))
+
+
+def _list_netns() -> list[str]:
+    """Names of the named network namespaces (``ip netns list``)."""
+    out = _ip("netns", "list")
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def _root_links() -> list[str]:
+    out = _ip("-o", "link", "show")
+    names = []
+    for line in out.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) >= 2:
+            names.append(parts[1].strip().split("@")[0])
+    return names
+
+
+def _root_nft_tables() -> list[tuple[str, str]]:
+    """(family, name) of the nftables tables of the root namespace."""
+    out = _cmd([_tool("nft"), "list", "tables"], check=False)
+    tables = []
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "table":
+            tables.append((parts[1], parts[2]))
+    return tables
+
+
+def _proc_start_time(pid: int) -> int | None:
+    """The start time of process ``pid`` (clock ticks since boot), None when there is none."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()
+    # Fields after "(comm)" start at field 3 (state); starttime is field 22.
+    if fields[0] == "Z":
+        return None
+    return int(fields[19])
+
+
+def _pid_gone(pid: int) -> bool:
+    return _proc_start_time(pid) is None
+
+
+def _signal_tree(proc: subprocess.Popen[Any], sig: signal.Signals) -> None:
+    """Send ``sig`` to the process group ``proc`` leads, or to ``proc`` alone if it leads none."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if os.getpgid(proc.pid) == proc.pid:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+
+
+def _netns_pids(ns: str) -> list[int]:
+    out = _ip("netns", "pids", ns, check=False)
+    own = {os.getpid(), os.getppid()}
+    return [int(tok) for tok in out.split() if tok.isdigit() and int(tok) not in own]
+
+
+def _kill_netns_processes(ns: str, grace: float) -> list[int]:
+    """Kill every process inside namespace ``ns``: SIGTERM, then SIGKILL. Return survivors."""
+    pids = _netns_pids(ns)
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while pids and time.monotonic() < deadline:
+            pids = [pid for pid in pids if not _pid_gone(pid)]
+            if pids:
+                time.sleep(0.02)
+        if not pids:
+            break
+    return [pid for pid in _netns_pids(ns) if not _pid_gone(pid)]
+
+
+# --------------------------------------------------------------------------------------------
+# Ownership markers
+
+
+@dataclass(frozen=True)
+class _Marker:
+    prefix: str
+    pid: int
+    start_time: int | None
+    third_octet: int | None
+    #: Unreadable but fresh: a lab is writing it this instant.
+    being_written: bool = False
+
+    @property
+    def owner_alive(self) -> bool:
+        if self.being_written:
+            return True
+        return self.start_time is not None and _proc_start_time(self.pid) == self.start_time
+
+
+def _marker_path(prefix: str) -> Path:
+    return MARKER_DIR / f"{prefix}.json"
+
+
+def _read_markers() -> dict[str, _Marker]:
+    markers: dict[str, _Marker] = {}
+    if not MARKER_DIR.is_dir():
+        return markers
+    for path in MARKER_DIR.glob("crl*.json"):
+        prefix = path.stem
+        if not PREFIX_RE.match(prefix):
+            continue
+        try:
+            data = json.loads(path.read_text())
+            markers[prefix] = _Marker(
+                prefix, int(data["pid"]), data.get("start_time"), data.get("third_octet")
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            # Unreadable: a lab that is starting writes it this instant, unless it is old.
+            try:
+                fresh = time.time() - path.stat().st_mtime < 60
+            except OSError:
+                continue  # removed meanwhile
+            markers[prefix] = _Marker(prefix, -1, None, None, being_written=fresh)
+    return markers
+
+
+# --------------------------------------------------------------------------------------------
+# Sweeping
+
+
+def leftovers(prefix: str) -> list[str]:
+    """Everything of lab ``prefix`` still visible: namespaces, root links, root nft tables, marker.
+
+    An empty list means the lab is gone. Interfaces and nft tables inside the lab's namespaces
+    go with the namespaces.
+    """
+    found = [f"netns {ns}" for ns in _list_netns() if ns.startswith(f"{prefix}-")]
+    found += [f"link {name}" for name in _root_links() if name.startswith(prefix)]
+    tables = _root_nft_tables()
+    found += [f"nft table {fam} {name}" for fam, name in tables if name.startswith(prefix)]
+    if _marker_path(prefix).exists():
+        found.append(f"marker {_marker_path(prefix)}")
+    return found
+
+
+def sweep_leftovers(grace: float = 1.0) -> list[str]:
+    """Remove what labs of crashed earlier runs left behind; return what was removed.
+
+    Only names that follow this module's scheme (``crl`` + 6 hex digits) are considered, and a lab
+    whose owning process is still running (per its marker in :data:`MARKER_DIR`) is left alone,
+    so it is safe to call while other labs, in this process or others, are in use. Processes
+    still inside a leftover namespace are killed before the namespace is deleted.
+    """
+    # List first, read markers second: a lab writes its marker before creating anything, so every
+    # namespace listed here of a live lab has its marker on disk by the time it is read.
+    namespaces = _list_netns()
+    links = _root_links()
+    tables = _root_nft_tables()
+    markers = _read_markers()
+
+    def stale(prefix: str) -> bool:
+        marker = markers.get(prefix)
+        return marker is None or not marker.owner_alive
+
+    removed: list[str] = []
+    # Host namespaces first, switch namespaces last.
+    for ns in sorted(namespaces, key=lambda n: n.endswith("-sw")):
+        match = _NS_RE.match(ns)
+        if not match or not stale(match.group(1)):
+            continue
+        _kill_netns_processes(ns, grace)
+        _ip("netns", "del", ns, check=False)
+        removed.append(f"netns {ns}")
+    for name in links:
+        match = _LINK_RE.match(name)
+        if match and stale(match.group(1)):
+            _ip("link", "del", name, check=False)
+            removed.append(f"link {name}")
+    for family, name in tables:
+        match = _TABLE_RE.match(name)
+        if match and stale(match.group(1)):
+            _cmd([_tool("nft"), "delete", "table", family, name], check=False)
+            removed.append(f"nft table {family} {name}")
+    remaining = set(_list_netns())
+    for prefix, marker in markers.items():
+        if not marker.owner_alive and not any(ns.startswith(f"{prefix}-") for ns in remaining):
+            with contextlib.suppress(FileNotFoundError):
+                _marker_path(prefix).unlink()
+                removed.append(f"marker {prefix}")
+    return removed
+
+
+# --------------------------------------------------------------------------------------------
+# Processes
+
+
+class _ProcessTracker:
+    """The processes a lab started; all of them die at teardown."""
+
+    def __init__(self) -> None:
+        self._procs: list[subprocess.Popen[Any]] = []
+
+    def spawn(self, argv: Sequence[str], **kw: Any) -> subprocess.Popen[Any]:
+        proc: subprocess.Popen[Any] = subprocess.Popen(list(argv), **kw)
+        self._procs.append(proc)
+        return proc
+
+    def stop_all(self, grace: float) -> list[str]:
+        """SIGTERM each process group, SIGKILL what is left after ``grace`` s, reap, close pipes."""
+        procs, self._procs = self._procs, []
+        errors: list[str] = []
+        for proc in procs:
+            _signal_tree(proc, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal_tree(proc, signal.SIGKILL)
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    errors.append(f"process {proc.pid} ({proc.args!r}) survived SIGKILL")
+            for stream in (proc.stdin, proc.stdout, proc.stderr):
+                if stream is not None:
+                    with contextlib.suppress(OSError):
+                        stream.close()
+        return errors
+
+
+# --------------------------------------------------------------------------------------------
+# Hosts
+
+
+@dataclass(frozen=True)
+class PingResult:
+    """Outcome of :meth:`Host.ping`."""
+
+    transmitted: int
+    received: int
+
+    @property
+    def loss(self) -> float:
+        """Fraction of echo requests without a reply, 0.0 to 1.0."""
+        return 1.0 - self.received / self.transmitted if self.transmitted else 1.0
+
+
+_PING_SUMMARY = re.compile(r"(\d+) packets transmitted, (\d+) (?:packets )?received")
+
+
+@dataclass(eq=False, kw_only=True)
+class Host:
+    """One machine of the lab: a network namespace with ``eth0`` plugged into the lab's bridge."""
+
+    #: Name of the network namespace (for ``ip netns exec``).
+    name: str
+    #: "server" or "agentN".
+    label: str
+    #: IPv4 address of ``eth0``, as text.
+    address: str
+    #: The veth end inside the switch namespace that is this host's bridge port.
+    veth_switch_side: str
+    #: The switch namespace, where ``veth_switch_side`` lives.
+    switch_ns: str
+    #: MAC address of ``eth0``.
+    mac: str
+    #: Interface name inside the namespace.
+    iface: str = HOST_IFACE
+    #: nftables table that :meth:`drop_percent` manages in this namespace.
+    nft_table: str
+    _tracker: _ProcessTracker = field(repr=False)
+
+    def netns_argv(self, argv: Sequence[str]) -> list[str]:
+        """``argv`` prefixed so that it runs inside this host's namespace."""
+        if not argv:
+            raise ValueError("empty argv")
+        return [_tool("ip"), "netns", "exec", self.name, *argv]
+
+    def popen(self, argv: Sequence[str], **kw: Any) -> subprocess.Popen[Any]:
+        """Start ``argv`` inside the namespace; the lab kills it (and its group) at teardown.
+
+        Keyword arguments go to :class:`subprocess.Popen`. By default the process gets its own
+        session (so teardown can signal everything it forked) and stdin from /dev/null.
+        """
+        kw.setdefault("start_new_session", True)
+        kw.setdefault("stdin", subprocess.DEVNULL)
+        return self._tracker.spawn(self.netns_argv(argv), **kw)
+
+    def run(
+        self, argv: Sequence[str], check: bool = True, **kw: Any
+    ) -> subprocess.CompletedProcess[Any]:
+        """Run ``argv`` inside the namespace to completion (:func:`subprocess.run`).
+
+        Defaults: stdin from /dev/null and a 120 s timeout.
+        """
+        kw.setdefault("stdin", subprocess.DEVNULL)
+        kw.setdefault("timeout", 120)
+        return subprocess.run(self.netns_argv(argv), check=check, **kw)
+
+    # Faults ------------------------------------------------------------------------------
+
+    def link_down(self) -> None:
+        """Cut this host's cable: its bridge port goes down and ``eth0`` loses carrier.
+
+        Frames are dropped silently in both directions; connections time out, never get RST.
+        """
+        _ip("link", "set", self.veth_switch_side, "down", ns=self.switch_ns)
+
+    def link_up(self) -> None:
+        """Plug the cable back in (the bridge has no STP, so the port forwards at once)."""
+        _ip("link", "set", self.veth_switch_side, "up", ns=self.switch_ns)
+
+    def drop_percent(self, p: int, direction: Direction = "both") -> None:
+        """Drop ``p`` % of this host's packets, chosen at random, per packet and per direction.
+
+        ``direction`` "both" drops on input and on output: a request-reply exchange through this
+        host then loses 1 - (1 - p/100)**2 of the round trips (51 % for p=30). "in" or "out"
+        affects one direction only. Calling it again replaces the previous setting atomically.
+        Note that a packet dropped on output makes the sending call fail with EPERM.
+        """
+        if isinstance(p, bool) or not isinstance(p, int) or not 0 <= p <= 100:
+            raise ValueError(f"p must be an int from 0 to 100, not {p!r}")
+        if direction not in ("both", "in", "out"):
+            raise ValueError(f"direction must be 'both', 'in' or 'out', not {direction!r}")
+        chains = []
+        hooks = {"in": ["input"], "out": ["output"], "both": ["input", "output"]}[direction]
+        for hook in hooks:
+            chains.append(
+                f"  chain {hook} {{\n"
+                f"    type filter hook {hook} priority raw; policy accept;\n"
+                f"    numgen random mod 100 < {p} drop\n"
+                f"  }}\n"
+            )
+        table = f"{NFT_FAMILY} {self.nft_table}"
+        # Create-delete-create in one transaction: replaces an existing table atomically.
+        body = "".join(chains)
+        self._nft(f"table {table} {{}}\ndelete table {table}\ntable {table} {{\n{body}}}\n")
+
+    def clear_drop(self) -> None:
+        """Remove what :meth:`drop_percent` installed (no-op when nothing is installed)."""
+        table = f"{NFT_FAMILY} {self.nft_table}"
+        self._nft(f"table {table} {{}}\ndelete table {table}\n")
+
+    def _nft(self, script: str) -> None:
+        _cmd(self.netns_argv([_tool("nft"), "-f", "-"]), stdin=script)
+
+    # Probes ------------------------------------------------------------------------------
+
+    def ping(
+        self, destination: str, count: int = 200, interval: float = 0.01, timeout: float = 1.0
+    ) -> PingResult:
+        """ICMP-echo ``destination`` from this host, like ``ping -c COUNT -i INTERVAL -W TIMEOUT``.
+
+        Uses the system ``ping`` when it is installed, else an equivalent raw-socket pinger of
+        this module (run as root inside the namespace).
+        """
+        if count < 1 or interval <= 0 or timeout <= 0:
+            raise ValueError("count, interval and timeout must be positive")
+        deadline = count * interval + timeout + 30
+        ping = shutil.which("ping")
+        if ping is not None:
+            argv = [ping, "-n", "-q", "-c", str(count), "-i", f"{interval:g}"]
+            argv += ["-W", f"{timeout:g}", destination]
+        else:
+            argv = [sys.executable, "-I", _SCRIPT, "ping", destination, str(count)]
+            argv += [str(interval), str(timeout)]
+        done = self.run(argv, check=False, capture_output=True, text=True, timeout=deadline)
+        match = _PING_SUMMARY.search(done.stdout)
+        if match is None:
+            raise LabError(f"{argv}: no summary (exit {done.returncode}): {done.stderr.strip()}")
+        return PingResult(int(match.group(1)), int(match.group(2)))
+
+    def tcp_probe(self, address: str, port: int, timeout: float = 3.0, *, wait: float = 0) -> str:
+        """Try one TCP connect from this host; return how it went.
+
+        "ok", "timeout" (no answer within ``timeout`` s: the cable is cut), "refused" (RST:
+        nothing listens), "unreachable" (EHOSTUNREACH / ENETUNREACH) or "error:<ERRNO>".
+        With ``wait`` > 0 it retries until "ok" or until ``wait`` s have passed.
+        """
+        argv = [sys.executable, "-I", _SCRIPT, "tcp-probe", address, str(port), str(timeout)]
+        done = self.run(
+            [*argv, str(wait)], capture_output=True, text=True, timeout=timeout + wait + 30
+        )
+        return str(done.stdout.strip())
+
+    def wait_tcp(self, address: str, port: int, timeout: float = 15.0) -> None:
+        """Wait until ``address:port`` accepts connections from this host; LabError if not."""
+        outcome = self.tcp_probe(address, port, timeout=1.0, wait=timeout)
+        if outcome != "ok":
+            raise LabError(f"{self.label}: {address}:{port} not reachable in {timeout}s: {outcome}")
+
+
+# --------------------------------------------------------------------------------------------
+# The lab
+
+
+class Lab:
+    """A switch, a server and ``n_agents`` agents in fresh network namespaces.
+
+    Use it as a context manager: ``__enter__`` builds everything (sweeping leftovers of crashed
+    runs first), ``__exit__`` kills the lab's processes and deletes its namespaces, also when
+    the body raised. An atexit hook does the same if the lab is never closed.
+    """
+
+    def __init__(
+        self,
+        n_agents: int = 1,
+        *,
+        sweep: bool = True,
+        term_grace: float = _DEFAULT_TERM_GRACE,
+    ) -> None:
+        if isinstance(n_agents, bool) or not 0 <= n_agents <= MAX_AGENTS:
+            raise ValueError(f"n_agents must be from 0 to {MAX_AGENTS}, not {n_agents!r}")
+        self.n_agents = n_agents
+        self.sweep = sweep
+        self.term_grace = term_grace
+        #: Unique name prefix of this lab's namespaces, interfaces and nft tables.
+        self.prefix = f"{PREFIX_STEM}{secrets.token_hex(3)}"
+        self.switch = f"{self.prefix}-sw"
+        self.bridge = f"{self.prefix}br"
+        self._subnet: ipaddress.IPv4Network | None = None
+        self._server: Host | None = None
+        self._agents: list[Host] = []
+        self._tracker = _ProcessTracker()
+        self._namespaces: list[str] = []
+        self._started = False
+        self._closed = False
+
+    # Attributes ----------------------------------------------------------------------------
+
+    @property
+    def subnet(self) -> ipaddress.IPv4Network:
+        """The lab's /24 (10.237.X.0/24)."""
+        if self._subnet is None:
+            raise LabError("the lab is not started")
+        return self._subnet
+
+    @property
+    def server(self) -> Host:
+        """The server host (.1)."""
+        if self._server is None:
+            raise LabError("the lab is not started")
+        return self._server
+
+    @property
+    def agents(self) -> list[Host]:
+        """The agent hosts (.10, .11, ...)."""
+        if self._server is None:
+            raise LabError("the lab is not started")
+        return list(self._agents)
+
+    @property
+    def hosts(self) -> list[Host]:
+        """Server first, then the agents."""
+        return [self.server, *self.agents]
+
+    # Life cycle ----------------------------------------------------------------------------
+
+    def __enter__(self) -> Lab:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            self.close()
+        except LabTeardownError as err:
+            if exc is None:
+                raise
+            exc.add_note(f"lab {self.prefix} teardown failed too: {err}")
+
+    def start(self) -> None:
+        """Build the lab. On failure whatever was built is removed before the error propagates."""
+        if self._started:
+            raise LabError("a Lab can be started once")
+        self._started = True
+        if os.geteuid() != 0:
+            raise LabError("network namespaces need root")
+        _tool("ip")
+        _tool("nft")
+        if self.sweep:
+            sweep_leftovers()
+        atexit.register(self._close_at_exit)
+        try:
+            self._claim()
+            self._build()
+        except BaseException:
+            with contextlib.suppress(LabError):
+                self.close()
+            raise
+
+    def close(self) -> None:
+        """Tear down: kill processes, delete namespaces (and so veths, bridge, nft tables).
+
+        Idempotent. Raises LabTeardownError when something could not be removed; the marker is
+        then kept so that :func:`sweep_leftovers` finishes the job after this process is gone.
+        """
+        if self._closed or not self._started:
+            return
+        self._closed = True
+        atexit.unregister(self._close_at_exit)
+        errors = self._tracker.stop_all(self.term_grace)
+        # Hosts first, the switch last: deleting a namespace destroys its veth ends and peers.
+        for ns in reversed(self._namespaces):
+            try:
+                survivors = _kill_netns_processes(ns, self.term_grace)
+                if survivors:
+                    errors.append(f"processes {survivors} still in {ns}")
+                _ip("netns", "del", ns)
+            except LabError as err:
+                errors.append(str(err))
+        try:
+            remaining = [ns for ns in _list_netns() if ns.startswith(f"{self.prefix}-")]
+            remaining += [n for n in _root_links() if n.startswith(self.prefix)]
+        except LabError as err:
+            remaining = [str(err)]
+        errors += [f"left behind: {name}" for name in remaining]
+        if not errors:
+            with contextlib.suppress(FileNotFoundError):
+                _marker_path(self.prefix).unlink()
+        if errors:
+            raise LabTeardownError(f"lab {self.prefix}: " + "; ".join(errors))
+
+    def _close_at_exit(self) -> None:
+        try:
+            self.close()
+        except Exception as err:  # last-chance cleanup: report, never raise at exit
+            print(f"corral netns lab: {err}", file=sys.stderr)
+
+    # Building ------------------------------------------------------------------------------
+
+    def _claim(self) -> None:
+        """Pick a fresh prefix and subnet and write the ownership marker, before creating."""
+        MARKER_DIR.mkdir(parents=True, exist_ok=True)
+        existing = _list_netns()
+        for _attempt in range(20):
+            markers = _read_markers()
+            taken = any(ns.startswith(f"{self.prefix}-") for ns in existing)
+            if not taken and self.prefix not in markers:
+                used = {m.third_octet for m in markers.values() if m.owner_alive}
+                free = [x for x in range(256) if x not in used] or list(range(256))
+                octet = random.choice(free)
+                record = {
+                    "pid": os.getpid(),
+                    "start_time": _proc_start_time(os.getpid()),
+                    "third_octet": octet,
+                }
+                try:
+                    fd = os.open(_marker_path(self.prefix), os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+                except FileExistsError:
+                    pass
+                else:
+                    with os.fdopen(fd, "w") as out:
+                        json.dump(record, out)
+                    first, second = SUBNET_FIRST_OCTETS
+                    self._subnet = ipaddress.IPv4Network(f"{first}.{second}.{octet}.0/24")
+                    return
+            self.prefix = f"{PREFIX_STEM}{secrets.token_hex(3)}"
+            self.switch = f"{self.prefix}-sw"
+            self.bridge = f"{self.prefix}br"
+        raise LabError("could not find a free lab prefix")
+
+    def _add_netns(self, ns: str) -> None:
+        _ip("netns", "add", ns)
+        self._namespaces.append(ns)
+
+    def _build(self) -> None:
+        subnet = self.subnet
+        octet = int(subnet.network_address.packed[2])
+        self._add_netns(self.switch)
+        _ip_batch(
+            self.switch,
+            [
+                "link set lo up",
+                f"link add {self.bridge} type bridge stp_state 0 forward_delay 0",
+                f"link set {self.bridge} addrgenmode none",
+                f"link set {self.bridge} up",
+            ],
+        )
+        plan = [("server", f"{self.prefix}-srv", SERVER_HOST)]
+        plan += [
+            (f"agent{i}", f"{self.prefix}-a{i}", FIRST_AGENT_HOST + i) for i in range(self.n_agents)
+        ]
+        hosts: list[Host] = []
+        for index, (label, ns, host_byte) in enumerate(plan):
+            veth = f"{self.prefix}v{index}"
+            mac = f"02:c7:{octet:02x}:00:00:{host_byte:02x}"
+            self._add_netns(ns)
+            switch_mac = f"02:c7:{octet:02x}:01:00:{host_byte:02x}"
+            veth_pair = f"link add {veth} address {switch_mac} type veth"
+            peer = f"peer name {HOST_IFACE} address {mac} netns {ns}"
+            _ip(*f"{veth_pair} {peer}".split(), ns=self.switch)
+            _ip_batch(
+                self.switch,
+                [
+                    f"link set {veth} addrgenmode none",
+                    f"link set {veth} master {self.bridge}",
+                    f"link set {veth} up",
+                ],
+            )
+            address = str(subnet.network_address + host_byte)
+            _ip_batch(
+                ns,
+                [
+                    "link set lo up",
+                    f"link set {HOST_IFACE} addrgenmode none",
+                    f"addr add {address}/{subnet.prefixlen} dev {HOST_IFACE}",
+                    f"link set {HOST_IFACE} up",
+                ],
+            )
+            hosts.append(
+                Host(
+                    name=ns,
+                    label=label,
+                    address=address,
+                    veth_switch_side=veth,
+                    switch_ns=self.switch,
+                    mac=mac,
+                    nft_table=f"{self.prefix}_drop",
+                    _tracker=self._tracker,
+                )
+            )
+        # Static neighbours: a cut link then means silence (timeouts), never an ARP failure
+        # turned into EHOSTUNREACH.
+        for host in hosts:
+            _ip_batch(
+                host.name,
+                [
+                    f"neigh replace {peer.address} lladdr {peer.mac} dev {HOST_IFACE} nud permanent"
+                    for peer in hosts
+                    if peer is not host
+                ]
+                or ["neigh flush all"],
+            )
+        self._server, self._agents = hosts[0], hosts[1:]
+
+
+# --------------------------------------------------------------------------------------------
+# Probes run inside a namespace: python -I netns.py ping|tcp-probe ...
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(int(word) for word in struct.unpack(f"!{len(data) // 2}H", data))
+    total = (total >> 16) + (total & 0xFFFF)
+    total += total >> 16
+    return ~total & 0xFFFF
+
+
+def _echo_request(ident: int, seq: int) -> bytes:
+    payload = b"corral-netns-lab" + struct.pack("!d", time.time())
+    header = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
+    return struct.pack("!BBHHH", 8, 0, _checksum(header + payload), ident, seq) + payload
+
+
+def _icmp_ping(destination: str, count: int, interval: float, timeout: float) -> tuple[int, int]:
+    """Send ``count`` echo requests ``interval`` s apart; wait ``timeout`` s after the last."""
+    ident = os.getpid() & 0xFFFF
+    replies: set[int] = set()
+    sent = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as sock:
+        sock.setblocking(False)
+        next_send = time.monotonic()
+        end = float("inf")
+        while True:
+            now = time.monotonic()
+            if sent < count and now >= next_send:
+                # EPERM (nftables dropped it on output) and the like: sent, and lost.
+                with contextlib.suppress(OSError):
+                    sock.sendto(_echo_request(ident, sent), (destination, 0))
+                sent += 1
+                next_send += interval
+                if sent == count:
+                    end = time.monotonic() + timeout
+                continue
+            if sent == count and (len(replies) == count or now >= end):
+                return sent, len(replies)
+            wait = (next_send if sent < count else end) - now
+            readable, _, _ = select.select([sock], [], [], max(0.0, wait))
+            while readable:
+                try:
+                    packet = sock.recv(65535)
+                except BlockingIOError:
+                    break
+                icmp = packet[(packet[0] & 0x0F) * 4 :]
+                if len(icmp) >= 8:
+                    kind, _code, _sum, rid, seq = struct.unpack("!BBHHH", icmp[:8])
+                    if kind == 0 and rid == ident and seq < count:
+                        replies.add(seq)
+
+
+def _tcp_probe(address: str, port: int, timeout: float) -> str:
+    try:
+        with socket.create_connection((address, port), timeout=timeout):
+            return "ok"
+    except TimeoutError:
+        return "timeout"
+    except ConnectionRefusedError:
+        return "refused"
+    except OSError as err:
+        if err.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+            return "unreachable"
+        return f"error:{errno.errorcode.get(err.errno or 0, err.errno)}"
+
+
+def _main(argv: list[str]) -> int:
+    if argv and argv[0] == "ping" and len(argv) == 5:
+        sent, received = _icmp_ping(argv[1], int(argv[2]), float(argv[3]), float(argv[4]))
+        loss = round(100 * (sent - received) / sent) if sent else 100
+        print(f"{sent} packets transmitted, {received} received, {loss}% packet loss")
+        return 0 if received == sent else 1
+    if argv and argv[0] == "tcp-probe" and len(argv) == 5:
+        address, port, timeout, wait = argv[1], int(argv[2]), float(argv[3]), float(argv[4])
+        deadline = time.monotonic() + wait
+        while True:
+            started = time.monotonic()
+            outcome = _tcp_probe(address, port, timeout)
+            if outcome == "ok" or time.monotonic() >= deadline:
+                print(outcome)
+                return 0
+            time.sleep(max(0.0, min(0.1, started + 0.1 - time.monotonic())))
+    print(f"usage: {Path(__file__).name} ping DST COUNT INTERVAL TIMEOUT", file=sys.stderr)
+    print(f"       {Path(__file__).name} tcp-probe ADDR PORT TIMEOUT WAIT", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
