@@ -35,6 +35,7 @@ class Server:
     data_dir: Path
     port: int
     env: dict[str, str] = field(default_factory=dict)
+    mqtt_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
 
@@ -52,7 +53,12 @@ class Server:
 
     def start(self, timeout: float = 30) -> None:
         self.log_path = self.data_dir.parent / f"server-{self.port}.log"
-        env = {**os.environ, "CORRAL_GUARD_BLOCKING": "1", **self.env}
+        env = {
+            **os.environ,
+            "CORRAL_GUARD_BLOCKING": "1",
+            "CORRAL_MQTT_LISTEN": f"127.0.0.1:{self.mqtt_port}",
+            **self.env,
+        }
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [

@@ -70,6 +70,7 @@ async def _get(request: web.Request, device_id: str) -> dict[str, Any]:
                 for c in devices_store.certificates_of(db, device_id)
             ]
             row["state"] = state_store.get(db, device_id)
+            row["status_events"] = state_store.event_counts(db, device_id)
         return row
 
     row = await request.app[STORE].read(read)
@@ -91,6 +92,7 @@ async def show_device(request: web.Request) -> web.Response:
         "conditions": state.get("conditions", []),
         "acked_seq": state.get("acked_seq", 0),
         "status_at": state.get("status_at"),
+        "status_events": public.pop("status_events"),
     }
     public["groups"] = state.get("groups", [])
     public["override"] = state.get("override", {})

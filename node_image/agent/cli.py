@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 
-from node_image.agent import register as register_mod
+from node_image.agent import daemon
 from node_image.agent import seed as seed_mod
 from node_image.agent.state import StateDir
 from node_image.errors import AgentError
+from node_image.host import Host, LinuxHost, SimulatedHost
+
+log = logging.getLogger(__name__)
 
 DEFAULT_STATE_DIR = "/var/lib/corral-agent"
 
 
 def cmd_register(args: argparse.Namespace) -> int:
+    from node_image.agent import register as register_mod  # heavy: only to register
+
     seed = seed_mod.load(Path(args.seed))
     result = register_mod.register(seed, StateDir(Path(args.state_dir)))
     sys.stdout.write(
@@ -33,6 +40,49 @@ def cmd_register(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_seed_for_run(path: str | None, state: StateDir) -> seed_mod.Seed | None:
+    """The seed, which only a device without an identity needs; a registered device keeps
+    running when its seed is gone or unreadable."""
+    if path is None:
+        return None
+    try:
+        return seed_mod.load(Path(path))
+    except AgentError as e:
+        if state.read_identity() is None:
+            raise
+        log.info("seed not used (already registered): %s", e)
+        return None
+
+
+async def run_agent(agent: daemon.Agent) -> None:
+    loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Task[None]] = []
+
+    def on_signal(signum: int) -> None:
+        log.info("signal %s: stopping", signal.Signals(signum).name)
+        stopping.append(loop.create_task(agent.stop()))
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    await agent.run()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    host: Host = SimulatedHost(Path(args.simulated)) if args.simulated else LinuxHost()
+    state = StateDir(Path(args.state_dir))
+    seed = load_seed_for_run(args.seed, state)
+    settings = daemon.AgentSettings(
+        poll_interval=args.poll_interval,
+        poll_interval_connected=max(
+            args.poll_interval, daemon.AgentSettings.poll_interval_connected
+        ),
+        mqtt=not args.no_mqtt,
+    )
+    agent = daemon.Agent(state.root, host, seed, settings)
+    asyncio.run(run_agent(agent))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="corral-agent", description="Corral device agent")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -41,6 +91,20 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--seed", required=True, help="seed JSON: server URL and token")
     reg.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
     reg.set_defaults(func=cmd_register)
+    run = sub.add_parser("run", help="run the agent: register if needed, then reconcile")
+    run.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
+    run.add_argument("--seed", help="seed JSON, used only while the device has no identity")
+    run.add_argument(
+        "--simulated", metavar="DIR", help="manage a simulated device kept in DIR, not this host"
+    )
+    run.add_argument(
+        "--poll-interval",
+        type=float,
+        default=daemon.AgentSettings.poll_interval,
+        help="seconds between spec pulls while MQTT is down (default %(default)s)",
+    )
+    run.add_argument("--no-mqtt", action="store_true", help="poll over HTTPS only")
+    run.set_defaults(func=cmd_run)
     return parser
 
 

@@ -6,18 +6,20 @@ server answers the same machine with the same device record.
 
 from __future__ import annotations
 
+import http.client
 import logging
-import warnings
+import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
-import urllib3
 
 from node_image.agent import __version__
 from node_image.agent.seed import Seed
-from node_image.agent.state import StateDir, atomic_write
+from node_image.agent.state import StateDir
 from node_image.errors import AgentError
 from registration import facts as facts_mod
 from registration import identity
@@ -40,26 +42,47 @@ def load_or_create_key(state: StateDir) -> identity.PrivateKey:
     if state.key.exists():
         return identity.key_from_pem(state.key.read_bytes())
     key = identity.generate_key()
-    atomic_write(state.key, identity.key_to_pem(key), mode=0o600)
+    state.write(state.key, identity.key_to_pem(key), mode=0o600)
     return key
+
+
+def get_unverified(url: str) -> bytes:
+    """GET ``url`` over TLS without verifying the server. Only for the public CA, which is
+    trusted afterwards only if it matches the token's fingerprint.
+
+    The standard library rather than ``requests(verify=False)``: silencing urllib3's
+    warning takes ``warnings.catch_warnings``, which is not thread-safe, and many agents
+    register at once from threads of one process.
+    """
+    parts = urlsplit(url)
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # pinned by fingerprint afterwards
+    conn = http.client.HTTPSConnection(
+        parts.hostname or "", parts.port or 443, timeout=TIMEOUT, context=context
+    )
+    try:
+        conn.request("GET", parts.path)
+        response = conn.getresponse()
+        body = response.read()
+    except (OSError, http.client.HTTPException) as e:
+        raise AgentError(f"cannot fetch the CA from {url}: {e}") from e
+    finally:
+        conn.close()
+    if response.status != 200:
+        raise AgentError(f"cannot fetch the CA from {url}: HTTP {response.status}")
+    return body
 
 
 def fetch_pinned_ca(seed: Seed, state: StateDir) -> Path:
     """Fetch the server's CA over unverified TLS, then trust it only if its sha256 matches the
     fingerprint in the token (K3s does the same with its ``K10`` tokens)."""
-    url = f"{seed.server}/api/v1/ca"
+    body = get_unverified(f"{seed.server}/api/v1/ca")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
-            response = requests.get(url, verify=False, timeout=TIMEOUT)  # noqa: S501 - pinned below
-        response.raise_for_status()
-    except requests.RequestException as e:
-        raise AgentError(f"cannot fetch the CA from {url}: {e}") from e
-    try:
-        ca = identity.verify_ca_fingerprint(response.content, seed.token.ca_fingerprint)
+        ca = identity.verify_ca_fingerprint(body, seed.token.ca_fingerprint)
     except RegistrationError as e:
         raise AgentError(str(e)) from e
-    atomic_write(state.ca, identity.cert_to_pem(ca))
+    state.write(state.ca, identity.cert_to_pem(ca))
     return state.ca
 
 
@@ -95,7 +118,9 @@ class RegisterRefused(AgentError):
         self.status = status
 
 
-def register(seed: Seed, state: StateDir, collect: Any = facts_mod.collect) -> Result:
+def register(
+    seed: Seed, state: StateDir, collect: Callable[[], Facts] = facts_mod.collect
+) -> Result:
     """The steps of registration, in order."""
     state.ensure()
     # 1. Our key: generated here, kept 0600, never sent.
@@ -122,8 +147,8 @@ def register(seed: Seed, state: StateDir, collect: Any = facts_mod.collect) -> R
             return Result(previous["device_id"], previous["name"], created=False, refreshed=False)
         raise
     # 5. Keep the certificate and what the server told us.
-    atomic_write(state.cert, answer.certificate.encode())
-    atomic_write(state.ca, answer.ca.encode())
+    state.write(state.cert, answer.certificate.encode())
+    state.write(state.ca, answer.ca.encode())
     state.write_identity(
         {
             "device_id": answer.device_id,

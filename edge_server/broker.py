@@ -1,0 +1,526 @@
+"""The embedded MQTT broker: amqtt in-process, behind Corral's own TLS listener.
+
+The scheme is the same as Mosquitto's (``edge_server.mosquitto``): TLS only, a client
+certificate signed by the Corral CA is required, and the identity is the certificate's CN. A
+device may subscribe only to its own nudge topic and publish only its own status and presence
+(its last will too); the server identity may subscribe to every device's status and presence
+and publish every nudge. Nothing else for anybody.
+
+How, in three layers:
+
+1. **The gate** (:meth:`EmbeddedBroker._serve`). We own the listening socket and do the TLS
+   handshake ourselves with ``CERT_REQUIRED`` (amqtt's own listener uses ``CERT_OPTIONAL``).
+   We then read the CONNECT packet and admit it only if the client id is the CN, the will (if
+   any) goes to a topic the CN may publish, and ``is_revoked(serial, cn)`` says no. A failed
+   handshake is just closed; a refused CONNECT gets CONNACK "not authorised" ("server
+   unavailable" if ``is_revoked`` raised: we fail closed). Only then is the connection handed
+   to amqtt through its external-listener API, replaying the CONNECT. This has to happen
+   before amqtt sees the CONNECT: amqtt 0.12.1 deletes or takes over the session of that
+   client id *before* it asks the auth plugins, so a refused client could still wipe another
+   device's session.
+2. **The auth plugin** (:class:`CertificateAuthPlugin`), which amqtt requires, accepts a
+   session only if its TLS connection went through the gate with that client id, and records
+   the identity on the session for the topic plugin.
+3. **The topic plugin** (:class:`DeviceAclPlugin`) enforces the ACL on SUBSCRIBE, PUBLISH and
+   every delivery (RECEIVE). A refused subscription gets SUBACK 0x80; a refused publish is
+   acknowledged and dropped (MQTT 3.1.1 has no way to say no).
+
+One amqtt fix: when any client connects, amqtt 0.12.1 sends it the retained messages of every
+topic filter that *any* session subscribes to, without asking the topic plugin. Our
+:class:`_Broker` sends retained messages only for the session's own subscriptions.
+
+What lives where: sessions of ``clean_session=False`` clients (their subscriptions and queued
+QoS 1 messages) and retained messages are kept in memory while the broker runs; a disconnected
+persistent session expires after ``SESSION_EXPIRY_SECONDS``. Nothing survives :meth:`stop` or a
+process restart: devices resubscribe when they reconnect, and the server's channel republishes
+every nudge a device has not yet observed when it reconnects. Revocation is checked when a
+client connects; a device already connected stays connected until it reconnects.
+
+amqtt speaks MQTT 3.1.1 only, so there are no shared subscriptions here (Mosquitto has them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import ssl
+import struct
+import uuid
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from amqtt.adapters import ReaderAdapter, StreamReaderAdapter, StreamWriterAdapter
+from amqtt.broker import Broker
+from amqtt.contexts import Action, BaseContext
+from amqtt.errors import AMQTTError, MQTTError, NoDataError
+from amqtt.mqtt.connack import (
+    NOT_AUTHORIZED,
+    SERVER_UNAVAILABLE,
+    UNACCEPTABLE_PROTOCOL_VERSION,
+    ConnackPacket,
+)
+from amqtt.mqtt.connect import ConnectPacket
+from amqtt.mqtt.packet import CONNECT, MQTTFixedHeader
+from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
+from amqtt.session import Session
+from cryptography import x509
+
+from registration import identity
+from registration.desired import device_of_topic, nudge_topic, presence_topic, status_topic
+
+log = logging.getLogger(__name__)
+
+IsRevoked = Callable[[int, str], Awaitable[bool]]
+
+CONNECT_TIMEOUT = 10.0
+MAX_CONNECT_BYTES = 64 * 1024
+BACKLOG = 1024  # a fleet reconnects at once after a restart
+SESSION_EXPIRY_SECONDS = 14 * 24 * 3600
+MQTT_311 = 4
+LISTENER = "default"
+IDENTITY_ATTRIBUTE = "corral.identity"
+REVOCATION_CHECK_FAILED = "revocation_check_failed"
+# A CN becomes a topic level: no "/", "+", "#", "$" or control characters.
+_SAFE_CN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+
+
+@dataclass(frozen=True)
+class PeerIdentity:
+    cn: str
+    serial: int
+
+
+@dataclass
+class BrokerStats:
+    connections_accepted: int = 0
+    connections_refused: int = 0
+    refusals: dict[str, int] = field(default_factory=dict)
+    acl_denials: int = 0
+    denials: dict[str, int] = field(default_factory=dict)
+
+    def refuse(self, reason: str) -> None:
+        self.connections_refused += 1
+        self.refusals[reason] = self.refusals.get(reason, 0) + 1
+
+    def deny(self, action: str) -> None:
+        self.acl_denials += 1
+        self.denials[action] = self.denials.get(action, 0) + 1
+
+
+def peer_identity(ssl_object: ssl.SSLObject | None) -> PeerIdentity | None:
+    """The CN and serial of the verified client certificate of a TLS connection."""
+    if ssl_object is None:
+        return None
+    der = ssl_object.getpeercert(binary_form=True)
+    if not der:
+        return None
+    try:
+        cert = x509.load_der_x509_certificate(der)
+    except ValueError:  # OpenSSL verified it, but cryptography is stricter (e.g. serials)
+        return None
+    cn = identity.common_name(cert)
+    if cn is None:
+        return None
+    return PeerIdentity(cn=cn, serial=cert.serial_number)
+
+
+def topic_allowed(cn: str, server_identity: str, topic: str, action: Action) -> bool:
+    """The ACL. ``topic`` is a filter for SUBSCRIBE and a topic for PUBLISH and RECEIVE."""
+    if cn == server_identity:
+        where = device_of_topic(topic)
+        if where is None or "#" in where[0]:
+            return False
+        device, kind = where
+        if action == Action.PUBLISH:
+            return kind == "nudge" and "+" not in device
+        return kind in ("status", "presence")
+    if action == Action.PUBLISH:
+        return topic in (status_topic(cn), presence_topic(cn))
+    return topic == nudge_topic(cn)
+
+
+class Policy:
+    """Who may connect and what they may do: shared by the gate and both amqtt plugins."""
+
+    def __init__(self, is_revoked: IsRevoked, server_identity: str) -> None:
+        self.is_revoked = is_revoked
+        self.server_identity = server_identity
+        self.stats = BrokerStats()
+        # The identity the gate admitted, per TLS connection (dropped with the connection).
+        self._admitted: weakref.WeakKeyDictionary[ssl.SSLObject, PeerIdentity] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    async def admit(
+        self, ssl_object: ssl.SSLObject, client_id: str | None, will_topic: str | None
+    ) -> tuple[PeerIdentity | None, str | None]:
+        """``(identity, None)`` to let the connection in, or ``(identity, reason)``."""
+        peer = peer_identity(ssl_object)
+        if peer is None:
+            return None, "no_identity"
+        if not _SAFE_CN.fullmatch(peer.cn):
+            return peer, "bad_common_name"
+        if client_id != peer.cn:
+            return peer, "client_id_mismatch"
+        if will_topic is not None and not topic_allowed(
+            peer.cn, self.server_identity, will_topic, Action.PUBLISH
+        ):
+            return peer, "will_topic_denied"
+        try:
+            revoked = await self.is_revoked(peer.serial, peer.cn)
+        except Exception as e:  # the deny-list is unreachable: fail closed, keep the cause
+            log.error("revocation check for %s failed; refusing it", peer.cn, exc_info=e)
+            return peer, REVOCATION_CHECK_FAILED
+        if revoked:
+            return peer, "revoked"
+        self._admitted[ssl_object] = peer
+        return peer, None
+
+    def authenticate(self, session: Session) -> bool:
+        peer = self._admitted.get(session.ssl_object) if session.ssl_object else None
+        if peer is None or session.client_id != peer.cn:
+            self.stats.refuse("not_admitted")
+            return False
+        session.attributes[IDENTITY_ATTRIBUTE] = peer
+        return True
+
+    def allows(self, session: Session | None, topic: str | None, action: Action | None) -> bool:
+        peer = session.attributes.get(IDENTITY_ATTRIBUTE) if session else None
+        allowed = (
+            isinstance(peer, PeerIdentity)
+            and topic is not None
+            and action is not None
+            and topic_allowed(peer.cn, self.server_identity, topic, action)
+        )
+        if not allowed:
+            self.stats.deny(str(action))
+            log.info(
+                "MQTT %s of %r by %s denied",
+                action,
+                topic,
+                peer.cn if isinstance(peer, PeerIdentity) else "?",
+            )
+        return allowed
+
+
+# amqtt builds plugins from dotted class names and a config dict, so each plugin finds its
+# broker's Policy here by the key the broker put in that dict.
+_POLICIES: dict[str, Policy] = {}
+
+
+@dataclass
+class PolicyPluginConfig:
+    """amqtt hands each plugin an instance of its ``Config``: here, its broker's key."""
+
+    policy: str = ""
+
+
+def _policy_of(context: BaseContext) -> Policy:
+    config = context.config
+    if not isinstance(config, PolicyPluginConfig):
+        raise TypeError(f"expected a PolicyPluginConfig, got {type(config).__name__}")
+    return _POLICIES[config.policy]
+
+
+class CertificateAuthPlugin(BaseAuthPlugin):
+    """Accept a session only if the gate admitted its TLS connection for this client id."""
+
+    class Config(PolicyPluginConfig):
+        pass
+
+    def __init__(self, context: BaseContext) -> None:
+        super().__init__(context)
+        self.policy = _policy_of(context)
+
+    async def authenticate(self, *, session: Session) -> bool:
+        return self.policy.authenticate(session)
+
+
+class DeviceAclPlugin(BaseTopicPlugin):
+    """The per-device ACL, on SUBSCRIBE, PUBLISH and RECEIVE."""
+
+    class Config(PolicyPluginConfig):
+        pass
+
+    def __init__(self, context: BaseContext) -> None:
+        super().__init__(context)
+        self.policy = _policy_of(context)
+
+    async def topic_filtering(
+        self,
+        *,
+        session: Session | None = None,
+        topic: str | None = None,
+        action: Action | None = None,
+    ) -> bool:
+        return self.policy.allows(session, topic, action)
+
+
+class _Broker(Broker):
+    """amqtt's broker, sending retained messages only for a session's own subscriptions."""
+
+    async def _publish_retained_messages_for_subscription(
+        self, subscription: tuple[str, int], session: Session
+    ) -> None:
+        # amqtt 0.12.1 calls this, on connect, for every filter of every session.
+        topic_filter, _ = subscription
+        granted = next(
+            (
+                qos
+                for holder, qos in self.subscriptions.get(topic_filter, ())
+                if holder.client_id == session.client_id
+            ),
+            None,
+        )
+        if granted is not None:
+            await super()._publish_retained_messages_for_subscription(
+                (topic_filter, granted), session
+            )
+
+
+class _ReplayReader(ReaderAdapter):
+    """Records what the gate reads (the CONNECT), then replays it to amqtt before the rest."""
+
+    def __init__(self, inner: ReaderAdapter) -> None:
+        self._inner = inner
+        self._buffer = bytearray()
+        self._recording = True
+
+    def replay(self) -> _ReplayReader:
+        self._recording = False
+        return self
+
+    async def read(self, n: int = -1) -> bytes:
+        if self._recording:
+            data: bytes = await self._inner.read(n)
+            self._buffer += data
+            return data
+        if not self._buffer:
+            return bytes(await self._inner.read(n))
+        if n == -1:
+            head = bytes(self._buffer)
+            self._buffer.clear()
+            return head + bytes(await self._inner.read(-1))
+        head = bytes(self._buffer[:n])
+        del self._buffer[:n]
+        if len(head) < n:
+            head += bytes(await self._inner.read(n - len(head)))
+        return head
+
+    def feed_eof(self) -> None:
+        self._inner.feed_eof()
+
+
+def _server_tls(ca_path: Path, cert_path: Path, key_path: Path) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(ca_path))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert_path, key_path)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def _quiet_library_logs() -> None:
+    """amqtt and transitions log every connection at INFO; keep them at WARNING unless an
+    entry point chose a level for them."""
+    for name in ("amqtt", "transitions"):
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.WARNING)
+
+
+class EmbeddedBroker:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        ca_path: Path,
+        cert_path: Path,
+        key_path: Path,
+        is_revoked: IsRevoked,
+        server_identity: str = "corral-server",
+    ) -> None:
+        """``port`` 0 picks a free port; :attr:`port` and :attr:`url` show it after start."""
+        self.host = host
+        self.port = port
+        self.ca_path = ca_path
+        self.cert_path = cert_path
+        self.key_path = key_path
+        self.policy = Policy(is_revoked, server_identity)
+        self._key = uuid.uuid4().hex
+        self._amqtt: _Broker | None = None
+        self._server: asyncio.Server | None = None
+        self._tls: ssl.SSLContext | None = None
+        self._gated: set[asyncio.StreamWriter] = set()
+
+    @property
+    def stats(self) -> BrokerStats:
+        return self.policy.stats
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"mqtts://{host}:{self.port}"
+
+    def _amqtt_config(self) -> dict[str, Any]:
+        policy = {"policy": self._key}
+        return {
+            "listeners": {LISTENER: {"type": "external"}},
+            "session_expiry_interval": SESSION_EXPIRY_SECONDS,
+            "plugins": {
+                f"{__name__}.CertificateAuthPlugin": policy,
+                f"{__name__}.DeviceAclPlugin": policy,
+            },
+        }
+
+    async def start(self) -> None:
+        if self._server is not None:
+            raise RuntimeError("the embedded broker is already running")
+        _quiet_library_logs()
+        self._tls = await asyncio.to_thread(
+            _server_tls, self.ca_path, self.cert_path, self.key_path
+        )
+        _POLICIES[self._key] = self.policy
+        amqtt = _Broker(self._amqtt_config())
+        await amqtt.start()
+        try:
+            self._server = await asyncio.start_server(
+                self._serve, self.host, self.port, backlog=BACKLOG
+            )
+        except OSError:
+            await amqtt.shutdown()
+            _POLICIES.pop(self._key, None)
+            raise
+        self._amqtt = amqtt
+        if self.port == 0:
+            self.port = int(self._server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        server, amqtt = self._server, self._amqtt
+        self._server = self._amqtt = None
+        if server is not None:
+            server.close()
+        for writer in list(self._gated):
+            writer.close()
+        if amqtt is not None:
+            await amqtt.shutdown()
+        if server is not None:
+            await server.wait_closed()
+        _POLICIES.pop(self._key, None)
+
+    # --- the gate ------------------------------------------------------------------------
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        admitted: _ReplayReader | None = None
+        self._gated.add(writer)
+        try:
+            admitted = await self._gate(reader, writer)
+        finally:  # an error (in is_revoked, say) closes the connection and is logged by asyncio
+            self._gated.discard(writer)
+            amqtt = self._amqtt
+            if admitted is None or amqtt is None:
+                writer.close()
+        if admitted is None or amqtt is None:
+            return
+        self.stats.connections_accepted += 1
+        await amqtt.external_connected(admitted, StreamWriterAdapter(writer), LISTENER)
+
+    async def _gate(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> _ReplayReader | None:
+        """Handshake, read the CONNECT and admit it; the reader replays it to amqtt."""
+        try:
+            return await self._admit(reader, writer)
+        except _Refused as refusal:
+            await self._refuse(writer, refusal)
+            return None
+
+    async def _admit(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> _ReplayReader:
+        recorder = _ReplayReader(StreamReaderAdapter(reader))
+        connect = await self._read_connect(recorder, writer)
+        if connect.proto_level != MQTT_311:
+            raise _Refused("protocol", connack=UNACCEPTABLE_PROTOCOL_VERSION)
+        ssl_object = writer.get_extra_info("ssl_object")
+        client_id = connect.client_id or ""
+        will_topic = connect.will_topic if connect.will_flag else None
+        peer, reason = await self.policy.admit(ssl_object, client_id, will_topic)
+        if reason == REVOCATION_CHECK_FAILED:  # the client should retry later
+            raise _Refused(reason, peer=peer, connack=SERVER_UNAVAILABLE)
+        if reason is not None:
+            raise _Refused(reason, peer=peer, connack=NOT_AUTHORIZED)
+        self._refresh_session(client_id, ssl_object)
+        return recorder.replay()
+
+    async def _read_connect(
+        self, recorder: _ReplayReader, writer: asyncio.StreamWriter
+    ) -> ConnectPacket:
+        assert self._tls is not None  # noqa: S101 - set by start()
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                await writer.start_tls(self._tls)
+                header = await MQTTFixedHeader.from_stream(recorder)
+                if header is None or header.packet_type != CONNECT:
+                    raise _Refused("not_connect")
+                if header.remaining_length > MAX_CONNECT_BYTES:
+                    raise _Refused("connect_too_large")
+                return await ConnectPacket.from_stream(recorder, fixed_header=header)
+        except TimeoutError as e:  # before OSError, its base class
+            raise _Refused("timeout") from e
+        except ssl.SSLError as e:
+            raise _Refused("tls", detail=str(e.reason)) from e
+        except (
+            OSError,
+            EOFError,
+            AMQTTError,
+            MQTTError,
+            NoDataError,
+            ValueError,
+            struct.error,
+        ) as e:
+            raise _Refused("malformed", detail=repr(e)) from e
+
+    def _refresh_session(self, client_id: str, ssl_object: ssl.SSLObject) -> None:
+        """amqtt resumes a persistent session with the TLS object of its first connection."""
+        amqtt = self._amqtt
+        entry = amqtt.sessions.get(client_id) if amqtt is not None else None
+        if entry is not None:
+            entry[0].ssl_object = ssl_object
+
+    async def _refuse(self, writer: asyncio.StreamWriter, refusal: _Refused) -> None:
+        self.stats.refuse(refusal.reason)
+        peer = refusal.peer
+        log.info(
+            "MQTT connection from %s refused: %s%s%s",
+            writer.get_extra_info("peername"),
+            refusal.reason,
+            f" ({refusal.detail})" if refusal.detail else "",
+            f" for CN {peer.cn}, serial {peer.serial}" if peer else "",
+        )
+        if refusal.connack is not None:
+            writer.write(ConnackPacket.build(0, refusal.connack).to_bytes())
+            with contextlib.suppress(OSError, TimeoutError):
+                async with asyncio.timeout(CONNECT_TIMEOUT):
+                    await writer.drain()
+        writer.close()
+
+
+class _Refused(Exception):
+    def __init__(
+        self,
+        reason: str,
+        *,
+        detail: str = "",
+        peer: PeerIdentity | None = None,
+        connack: int | None = None,
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail
+        self.peer = peer
+        self.connack = connack

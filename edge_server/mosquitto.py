@@ -1,0 +1,234 @@
+"""Mosquitto as Corral's production broker: its config, ACL file, certificates and CRL.
+
+``corral broker mosquitto-config`` calls :func:`write_config`, which writes into one directory:
+``mosquitto.conf``, ``acl``, ``ca.pem``, ``broker.pem`` + ``broker-key.pem`` (the broker's TLS
+certificate), ``crl.pem``, ``corral-server.pem`` + ``corral-server-key.pem`` (the client
+certificate for ``corral serve --mqtt-url``), ``share-group`` (the server replicas' secret
+shared-subscription group) and a ``persistence/`` directory.
+
+The security scheme is the embedded broker's (``edge_server.broker``): TLS only, a client
+certificate signed by the Corral CA is required, and the identity is its CN
+(``use_identity_as_username``). The ACL gives a device only its own nudge (read) and its own
+status and presence (write) through ``%u``; the server identity reads every device's status
+and presence and writes every nudge.
+
+What Mosquitto 2.0.11 does, checked by ``tests/edge_server/test_broker.py``:
+
+- **CRL reload.** The CRL is read when the listener's TLS context is built, and SIGHUP
+  rebuilds it: after :func:`write_crl` and a SIGHUP a revoked certificate is refused on its next
+  connection, without a restart. SIGHUP does not drop clients that are already connected, so
+  a revoked device stays online until it reconnects; restart Mosquitto to cut it off at once
+  (persistence keeps retained nudges and queued messages across a clean restart).
+- **Subscriptions are not checked, deliveries are.** The ACL file never checks a SUBSCRIBE: any
+  filter is granted, ``$share/<group>/...`` included. Each message is then checked against the
+  receiver's ``read`` rules with its real topic (no ``$share`` prefix). So the server's
+  ``$share/<group>/corral/v1/devices/+/status`` receives status, and a device that subscribes
+  to another device's nudge (or to ``#``) is granted the subscription but sent nothing it may
+  not read, retained messages included.
+- **So the share group must be secret.** A device that subscribes with the server's group
+  and filter joins the group; Mosquitto then hands it its turn of the status messages, the
+  read check drops them, and they reach no server replica (a third of them, with two
+  replicas). :func:`write_config` therefore makes a random group name, kept in
+  ``share-group``; the server's channel must subscribe with it.
+- **Client ids.** The username is the certificate's CN whatever client id a device sends, and
+  the ACL is written with ``%u``, so a wrong client id cannot widen what a device may read or
+  write. It can still take over the MQTT session (and connection) that uses that client id:
+  Mosquitto has no rule tying client id to username short of ``use_username_as_clientid``,
+  which would also force every server replica onto one client id. Revoke such a device.
+- A CRL with no entries is still written: with ``crlfile`` set, OpenSSL refuses every client
+  whose issuer has no CRL. The CRL's nextUpdate is the CA's own expiry, because only this
+  broker reads it and it gets a new file on every change; an earlier date would only add a
+  way for the whole fleet to be refused.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import socket
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+
+from edge_server.pki import write_private, write_public
+from registration import identity
+from registration.desired import TOPIC_ROOT
+
+BROKER_COMMON_NAME = "corral-mqtt-broker"
+MAX_INFLIGHT_MESSAGES = 1000
+# Per client. The server's one subscriber queues every device's status while it is away.
+MAX_QUEUED_MESSAGES = 100_000
+PERSISTENT_CLIENT_EXPIRATION = "14d"
+AUTOSAVE_SECONDS = 60
+
+
+@dataclass(frozen=True)
+class MosquittoFiles:
+    dir: Path
+    conf: Path
+    acl: Path
+    ca: Path
+    cert: Path
+    key: Path
+    crl: Path
+    persistence: Path
+    server_cert: Path
+    server_key: Path
+    share_group_file: Path
+
+    @property
+    def share_group(self) -> str:
+        """The server replicas' secret shared-subscription group (see the module docstring)."""
+        return self.share_group_file.read_text().strip()
+
+    @classmethod
+    def under(cls, out_dir: Path, server_identity: str = "corral-server") -> MosquittoFiles:
+        return cls(
+            dir=out_dir,
+            conf=out_dir / "mosquitto.conf",
+            acl=out_dir / "acl",
+            ca=out_dir / "ca.pem",
+            cert=out_dir / "broker.pem",
+            key=out_dir / "broker-key.pem",
+            crl=out_dir / "crl.pem",
+            persistence=out_dir / "persistence",
+            server_cert=out_dir / f"{server_identity}.pem",
+            server_key=out_dir / f"{server_identity}-key.pem",
+            share_group_file=out_dir / "share-group",
+        )
+
+
+def make_crl(ca: identity.CertificateAuthority, revoked_serials: Iterable[int]) -> bytes:
+    """A PEM CRL signed by the CA that lists these certificate serials."""
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.cert.subject)
+        .last_update(now - dt.timedelta(minutes=5))
+        .next_update(max(ca.cert.not_valid_after_utc, now + dt.timedelta(days=1)))
+        .add_extension(x509.CRLNumber(time.time_ns()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()),
+            critical=False,
+        )
+    )
+    for serial in sorted(set(revoked_serials)):
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(serial)
+            .revocation_date(now - dt.timedelta(minutes=5))
+            .build()
+        )
+    crl = builder.sign(ca.key, hashes.SHA256())
+    return crl.public_bytes(serialization.Encoding.PEM)
+
+
+def write_crl(files: MosquittoFiles, crl_pem: bytes) -> None:
+    """Replace the CRL atomically. Mosquitto reads it on SIGHUP (see the module docstring)."""
+    write_public(files.crl, crl_pem)
+
+
+def acl_text(server_identity: str) -> str:
+    root = TOPIC_ROOT
+    return (
+        "# Written by Corral (edge_server/mosquitto.py); regenerate rather than edit.\n"
+        "# %u is the client certificate's CN (use_identity_as_username).\n"
+        f"pattern read {root}/%u/nudge\n"
+        f"pattern write {root}/%u/status\n"
+        f"pattern write {root}/%u/presence\n"
+        "\n"
+        f"user {server_identity}\n"
+        f"topic read {root}/+/status\n"
+        f"topic read {root}/+/presence\n"
+        f"topic write {root}/+/nudge\n"
+    )
+
+
+def conf_text(files: MosquittoFiles, listen_host: str, port: int, run_as: str | None) -> str:
+    lines = [
+        "# Written by Corral (edge_server/mosquitto.py); regenerate rather than edit.",
+        "per_listener_settings false",
+        "allow_anonymous false",
+        f"acl_file {files.acl}",
+        "",
+        "persistence true",
+        f"persistence_location {files.persistence}/",
+        f"autosave_interval {AUTOSAVE_SECONDS}",
+        f"persistent_client_expiration {PERSISTENT_CLIENT_EXPIRATION}",
+        f"max_inflight_messages {MAX_INFLIGHT_MESSAGES}",
+        f"max_queued_messages {MAX_QUEUED_MESSAGES}",
+        "set_tcp_nodelay true",
+        "",
+        "log_dest stderr",
+        "log_type error",
+        "log_type warning",
+    ]
+    if run_as is not None:
+        lines.append(f"user {run_as}")
+    lines += [
+        "",
+        f"listener {port} {listen_host}",
+        "protocol mqtt",
+        f"cafile {files.ca}",
+        f"certfile {files.cert}",
+        f"keyfile {files.key}",
+        f"crlfile {files.crl}",
+        "tls_version tlsv1.2",
+        "require_certificate true",
+        "use_identity_as_username true",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def broker_names(listen_host: str, extra: Iterable[str] = ()) -> list[str]:
+    names = ["localhost", "127.0.0.1", "::1", socket.gethostname()]
+    if listen_host not in ("", "0.0.0.0", "::"):  # noqa: S104 - comparing, not binding
+        names.append(listen_host)
+    names += list(extra)
+    return list(dict.fromkeys(names))
+
+
+def write_config(
+    out_dir: Path,
+    ca: identity.CertificateAuthority,
+    listen_host: str,
+    port: int,
+    server_identity: str = "corral-server",
+    crl_pem: bytes | None = None,
+    *,
+    names: Iterable[str] = (),
+    run_as: str | None = None,
+) -> MosquittoFiles:
+    """Write everything Mosquitto needs to serve Corral's channel on ``listen_host:port``.
+
+    ``names`` are extra DNS names or addresses for the broker's certificate. ``run_as`` sets
+    Mosquitto's ``user`` (when started as root it otherwise drops to ``mosquitto``, which must
+    then be able to read these files). Without ``crl_pem`` an empty CRL is written.
+    """
+    files = MosquittoFiles.under(out_dir, server_identity)
+    out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    files.persistence.mkdir(exist_ok=True, mode=0o700)
+
+    write_public(files.ca, identity.cert_to_pem(ca.cert))
+    broker_key = identity.generate_key()
+    broker_cert = ca.issue_server(
+        broker_key, broker_names(listen_host, names), common_name=BROKER_COMMON_NAME
+    )
+    write_private(files.key, identity.key_to_pem(broker_key))
+    write_public(files.cert, identity.cert_to_pem(broker_cert))
+
+    client_key = identity.generate_key()
+    client_cert = ca.issue_client(client_key, server_identity)
+    write_private(files.server_key, identity.key_to_pem(client_key))
+    write_public(files.server_cert, identity.cert_to_pem(client_cert))
+
+    if not files.share_group_file.exists():  # kept, so running replicas stay in one group
+        write_private(files.share_group_file, f"corral-{secrets.token_hex(16)}\n".encode())
+    write_crl(files, crl_pem if crl_pem is not None else make_crl(ca, []))
+    write_public(files.acl, acl_text(server_identity).encode())
+    write_public(files.conf, conf_text(files, listen_host, port, run_as).encode())
+    return files

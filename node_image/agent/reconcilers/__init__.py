@@ -1,0 +1,16 @@
+"""Reconcilers, in the order the agent runs them. Add one by adding its factory here."""
+
+from __future__ import annotations
+
+from node_image.agent.reconcilers.base import Reconciler, ReconcilerFactory
+from node_image.agent.reconcilers.config import ConfigReconciler
+from node_image.agent.state import StateDir
+
+REGISTRY: tuple[ReconcilerFactory, ...] = (ConfigReconciler,)
+
+
+def build(state: StateDir, registry: tuple[ReconcilerFactory, ...] = REGISTRY) -> list[Reconciler]:
+    return [factory(state) for factory in registry]
+
+
+__all__ = ["REGISTRY", "ConfigReconciler", "Reconciler", "ReconcilerFactory", "build"]

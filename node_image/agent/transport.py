@@ -1,0 +1,354 @@
+"""How the agent talks to the server: HTTPS with mTLS (spec, status) and MQTT over TLS
+(nudges in, presence and status out), plus the backoff both use to retry.
+
+HTTPS goes through the standard library's ``http.client`` in a worker thread, with one
+kept-alive connection per agent; it keeps a real agent's footprint small. MQTT is aiomqtt
+(paho-mqtt under asyncio): no thread per agent, so thousands fit in one event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import logging
+import random
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiomqtt
+import paho.mqtt.client as paho
+from pydantic import ValidationError
+
+from node_image.errors import AgentError
+from registration.desired import (
+    Nudge,
+    Presence,
+    SpecDocument,
+    StatusAck,
+    StatusBatch,
+    nudge_topic,
+    presence_topic,
+    status_topic,
+)
+
+log = logging.getLogger(__name__)
+
+MQTTS_PORT = 8883
+
+# --- backoff --------------------------------------------------------------------------
+
+
+def jittered(seconds: float, fraction: float) -> float:
+    """``seconds`` moved at random by up to ±``fraction`` of itself (not for crypto)."""
+    return max(0.0, seconds * (1.0 + random.uniform(-fraction, fraction)))  # noqa: S311
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff with jitter: base, 2·base, 4·base … up to cap."""
+
+    base: float
+    cap: float
+    jitter: float = 0.2
+    attempt: int = 0
+
+    def next(self) -> float:
+        delay = min(self.cap, self.base * (2 ** min(self.attempt, 32)))
+        self.attempt += 1
+        return jittered(delay, self.jitter)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+# --- TLS ------------------------------------------------------------------------------
+
+
+def client_tls(ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
+    """A TLS context that trusts only the Corral CA and presents the device certificate.
+
+    Blocking (reads files): call it through ``asyncio.to_thread``.
+    """
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
+    context.load_cert_chain(str(cert), str(key))
+    return context
+
+
+# --- HTTPS ----------------------------------------------------------------------------
+
+
+class ApiError(AgentError):
+    """A request to the server failed; ``status`` is the HTTP status, None if none came."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class PulledSpec:
+    document: SpecDocument
+    etag: str | None
+
+
+class ApiClient:
+    """The device's mTLS calls: ``GET …/spec`` and ``POST …/status``."""
+
+    def __init__(
+        self, api_url: str, device_id: str, context: ssl.SSLContext, timeout: float = 30.0
+    ) -> None:
+        parts = urlsplit(api_url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise AgentError(f"API endpoint {api_url!r} must be an https:// URL")
+        self._host = parts.hostname
+        self._port = parts.port or 443
+        self._prefix = f"{parts.path.rstrip('/')}/api/v1/devices/{device_id}"
+        self._device_id = device_id
+        self._context = context
+        self._timeout = timeout
+        self._conn: http.client.HTTPSConnection | None = None
+        self._lock = asyncio.Lock()
+
+    async def get_spec(self, etag: str | None) -> PulledSpec | None:
+        """The device's spec, or None when it still matches ``etag`` (304)."""
+        headers = {"If-None-Match": etag} if etag else {}
+        status, reply_headers, body = await self._call("GET", "/spec", None, headers)
+        if status == 304:
+            return None
+        self._check(status, body, "GET spec")
+        try:
+            document = SpecDocument.model_validate_json(body)
+        except ValidationError as e:
+            raise ApiError(f"the server sent a spec that does not validate: {e}") from e
+        if document.device_id != self._device_id:
+            raise ApiError(f"the server sent the spec of {document.device_id}")
+        return PulledSpec(document, reply_headers.get("etag"))
+
+    async def post_status(self, batch: StatusBatch) -> StatusAck:
+        body = batch.model_dump_json().encode()
+        headers = {"Content-Type": "application/json"}
+        status, _, reply = await self._call("POST", "/status", body, headers)
+        self._check(status, reply, "POST status")
+        try:
+            return StatusAck.model_validate_json(reply)
+        except ValidationError as e:
+            raise ApiError(f"the server sent a status ack that does not validate: {e}") from e
+
+    async def close(self) -> None:
+        async with self._lock:
+            if self._conn is not None:
+                await asyncio.to_thread(self._conn.close)
+                self._conn = None
+
+    async def _call(
+        self, method: str, path: str, body: bytes | None, headers: dict[str, str]
+    ) -> tuple[int, dict[str, str], bytes]:
+        async with self._lock:  # one request at a time on the kept-alive connection
+            return await asyncio.to_thread(self._request, method, path, body, headers)
+
+    def _request(
+        self, method: str, path: str, body: bytes | None, headers: dict[str, str]
+    ) -> tuple[int, dict[str, str], bytes]:
+        url = self._prefix + path
+        for attempt in range(2):
+            reused = self._conn is not None
+            conn = self._conn or http.client.HTTPSConnection(
+                self._host, self._port, timeout=self._timeout, context=self._context
+            )
+            self._conn = None
+            try:
+                conn.request(method, url, body=body, headers=headers)
+                response = conn.getresponse()
+                data = response.read()
+            except (OSError, http.client.HTTPException) as e:
+                conn.close()
+                # A kept-alive connection the server closed meanwhile: retry once, fresh.
+                # Safe for POST too: the server applies each (device, seq) once.
+                stale = isinstance(e, http.client.RemoteDisconnected | ConnectionError)
+                if reused and stale and attempt == 0:
+                    continue
+                raise ApiError(f"{method} {url}: {e}") from e
+            if not response.will_close:
+                self._conn = conn
+            else:
+                conn.close()
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, data
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _check(status: int, body: bytes, what: str) -> None:
+        if status == 200:
+            return
+        detail: Any = body[:200].decode(errors="replace")
+        try:
+            decoded = json.loads(body)
+            if isinstance(decoded, dict):
+                detail = f"{decoded.get('error', '')}: {decoded.get('detail', '')}"
+        except ValueError:
+            pass
+        if status == 403:
+            raise ApiError(f"{what} forbidden: certificate revoked or not this device", status)
+        raise ApiError(f"{what} failed ({status}): {detail}", status)
+
+
+# --- MQTT -----------------------------------------------------------------------------
+
+
+class ChannelDown(AgentError):
+    """MQTT is not connected, or a publish did not complete."""
+
+
+class _Client(aiomqtt.Client):
+    """aiomqtt's client with a slower housekeeping tick.
+
+    paho's ``loop_misc`` only sends keepalive pings; aiomqtt runs it every second, which
+    for thousands of idle agents in one loop is thousands of wake-ups a second. Every few
+    seconds is enough for a keepalive of a minute (the broker allows 1.5 × keepalive).
+    """
+
+    misc_interval: float = 5.0
+
+    async def _misc_loop(self) -> None:
+        while self._client.loop_misc() == paho.MQTT_ERR_SUCCESS:  # noqa: ASYNC110
+            await asyncio.sleep(self.misc_interval)
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    keepalive: int = 60
+    timeout: float = 10.0
+    backoff_base: float = 1.0
+    backoff_cap: float = 120.0
+
+
+def mqtt_address(url: str) -> tuple[str, int]:
+    """``mqtts://host:port`` → (host, port). Only TLS: the broker knows devices by cert."""
+    parts = urlsplit(url)
+    if parts.scheme != "mqtts" or not parts.hostname:
+        raise AgentError(f"MQTT endpoint {url!r} must be an mqtts:// URL")
+    return parts.hostname, parts.port or MQTTS_PORT
+
+
+class MqttChannel:
+    """One device's MQTT session: persistent (clean_session=False), with a last will.
+
+    :meth:`run` connects and reconnects forever with backoff. It announces presence
+    (retained), subscribes to the device's nudge topic only, and hands every nudge to
+    ``on_nudge``. ``on_state`` is told each time the connection comes up or goes down.
+    """
+
+    def __init__(
+        self,
+        device_id: str,
+        url: str,
+        context: ssl.SSLContext,
+        on_nudge: Callable[[Nudge], None],
+        on_state: Callable[[bool], None],
+        settings: MqttSettings = MqttSettings(),  # noqa: B008 - frozen
+    ) -> None:
+        self._host, self._port = mqtt_address(url)
+        self._device_id = device_id
+        self._context = context
+        self._on_nudge = on_nudge
+        self._on_state = on_state
+        self._settings = settings
+        self._client: _Client | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None
+
+    async def run(self) -> None:
+        backoff = Backoff(self._settings.backoff_base, self._settings.backoff_cap)
+        while True:
+            try:
+                await self._session(backoff)
+            except aiomqtt.MqttError as e:
+                log.info("MQTT %s:%s: %s", self._host, self._port, e)
+            delay = backoff.next()
+            log.debug("MQTT reconnect in %.1fs", delay)
+            await asyncio.sleep(delay)
+
+    async def publish_status(self, batch: StatusBatch) -> None:
+        client = self._client
+        if client is None:
+            raise ChannelDown("MQTT is not connected")
+        try:
+            await client.publish(
+                status_topic(self._device_id),
+                batch.model_dump_json(),
+                qos=1,
+                timeout=self._settings.timeout,
+            )
+        except aiomqtt.MqttError as e:
+            raise ChannelDown(f"status not published: {e}") from e
+
+    async def announce_offline(self) -> None:
+        """Publish presence offline (retained) before a clean disconnect, which the broker
+        answers by discarding the last will."""
+        client = self._client
+        if client is None:
+            return
+        try:
+            await client.publish(
+                presence_topic(self._device_id),
+                Presence(online=False).model_dump_json(),
+                qos=1,
+                retain=True,
+                timeout=self._settings.timeout,
+            )
+        except aiomqtt.MqttError as e:
+            log.info("presence offline not published: %s", e)
+
+    async def _session(self, backoff: Backoff) -> None:
+        client = _Client(
+            self._host,
+            self._port,
+            identifier=self._device_id,
+            protocol=aiomqtt.ProtocolVersion.V311,
+            clean_session=False,
+            keepalive=self._settings.keepalive,
+            timeout=self._settings.timeout,
+            tls_context=self._context,
+            will=aiomqtt.Will(
+                presence_topic(self._device_id),
+                Presence(online=False).model_dump_json(),
+                qos=1,
+                retain=True,
+            ),
+        )
+        client.misc_interval = max(1.0, self._settings.keepalive / 12)
+        async with client:
+            await client.publish(
+                presence_topic(self._device_id),
+                Presence(online=True).model_dump_json(),
+                qos=1,
+                retain=True,
+            )
+            await client.subscribe(nudge_topic(self._device_id), qos=1)
+            log.info("MQTT connected to %s:%s", self._host, self._port)
+            backoff.reset()
+            self._client = client
+            self._on_state(True)
+            try:
+                async for message in client.messages:
+                    self._received(message)
+            finally:
+                self._client = None
+                self._on_state(False)
+
+    def _received(self, message: aiomqtt.Message) -> None:
+        payload = message.payload
+        if not isinstance(payload, bytes | bytearray) or not payload:
+            return  # a cleared retained message
+        try:
+            nudge = Nudge.model_validate_json(payload)
+        except ValidationError as e:
+            log.warning("ignored a nudge that does not validate: %s", e)
+            return
+        self._on_nudge(nudge)
