@@ -14,11 +14,12 @@ and presence and writes every nudge.
 
 What Mosquitto 2.0.11 does, checked by ``tests/edge_server/test_broker.py``:
 
-- **CRL reload.** The CRL is read when the listener's TLS context is built, and SIGHUP
-  rebuilds it: after :func:`write_crl` and a SIGHUP a revoked certificate is refused on its next
-  connection, without a restart. SIGHUP does not drop clients that are already connected, so
-  a revoked device stays online until it reconnects; restart Mosquitto to cut it off at once
-  (persistence keeps retained nudges and queued messages across a clean restart).
+- **CRL reload: SIGHUP is enough.** A changed ``crl.pem`` alone changes nothing. After
+  :func:`write_crl` and a SIGHUP (``systemctl reload mosquitto``, ``kill -HUP``), a revoked
+  certificate is refused on its next connection; no restart is needed. SIGHUP does not drop
+  connections made before, so a revoked device stays online until it reconnects; restart
+  Mosquitto to cut it off at once (persistence keeps retained nudges and queued messages
+  across a clean restart, which is also checked).
 - **Subscriptions are not checked, deliveries are.** The ACL file never checks a SUBSCRIBE: any
   filter is granted, ``$share/<group>/...`` included. Each message is then checked against the
   receiver's ``read`` rules with its real topic (no ``$share`` prefix). So the server's
@@ -35,10 +36,13 @@ What Mosquitto 2.0.11 does, checked by ``tests/edge_server/test_broker.py``:
   write. It can still take over the MQTT session (and connection) that uses that client id:
   Mosquitto has no rule tying client id to username short of ``use_username_as_clientid``,
   which would also force every server replica onto one client id. Revoke such a device.
-- A CRL with no entries is still written: with ``crlfile`` set, OpenSSL refuses every client
-  whose issuer has no CRL. The CRL's nextUpdate is the CA's own expiry, because only this
-  broker reads it and it gets a new file on every change; an earlier date would only add a
-  way for the whole fleet to be refused.
+
+Also (checked by hand): a CRL with no entries is still written, because with ``crlfile`` set
+Mosquitto refuses every client whose issuer has no CRL. The CRL's nextUpdate is the CA's own
+expiry: only this broker reads it and it gets a new file on every change, so an earlier date
+would only add a way for the whole fleet to be refused. Started as root, Mosquitto switches
+to the ``mosquitto`` user, which cannot read this 0700 directory: pass ``run_as`` to
+:func:`write_config`, or give the directory to that user.
 """
 
 from __future__ import annotations
