@@ -77,6 +77,7 @@ async def _channel(app: web.Application) -> AsyncIterator[None]:
             cert=pki.mqtt_client_cert_path,
             key=pki.mqtt_client_key_path,
             mqtt5=not settings.embedded_broker,
+            share_group=settings.mqtt_share_group,
         ),
         app[STORE],
     )

@@ -49,7 +49,7 @@ import ssl
 import struct
 import uuid
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -261,8 +261,40 @@ class DeviceAclPlugin(BaseTopicPlugin):
         return self.policy.allows(session, topic, action)
 
 
+class _SnapshotDict(dict[str, list[tuple[Session, int]]]):
+    """amqtt 0.12.1 iterates its subscription table across awaits while other connections
+    change it: ``RuntimeError: dictionary changed size during iteration``, and the broadcast
+    being delivered is lost. Iterating over a snapshot makes that safe."""
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(super().keys()))
+
+    def items(self) -> list[tuple[str, list[tuple[Session, int]]]]:  # type: ignore[override]
+        return list(super().items())
+
+
+class _ExpectedTimeouts(logging.Filter):
+    """A QoS 1 delivery to a client whose link is cut times out; amqtt logs that as an ERROR
+    with a traceback. It is expected on flaky links (the message stays queued for the
+    session), so it is logged as one WARNING line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], TimeoutError):
+            record.msg = "delivery timed out (client unreachable?): %s"
+            record.args = (record.exc_info[1],)
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 class _Broker(Broker):
-    """amqtt's broker, sending retained messages only for a session's own subscriptions."""
+    """amqtt's broker, sending retained messages only for a session's own subscriptions,
+    and iterating its subscriptions safely."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._subscriptions = _SnapshotDict(self._subscriptions)
 
     async def _publish_retained_messages_for_subscription(
         self, subscription: tuple[str, int], session: Session
@@ -327,6 +359,9 @@ def _server_tls(ca_path: Path, cert_path: Path, key_path: Path) -> ssl.SSLContex
 def _quiet_library_logs() -> None:
     """amqtt and transitions log every connection at INFO; keep them at WARNING unless an
     entry point chose a level for them."""
+    broker_log = logging.getLogger("amqtt.broker")
+    if not any(isinstance(f, _ExpectedTimeouts) for f in broker_log.filters):
+        broker_log.addFilter(_ExpectedTimeouts())
     for name in ("amqtt", "transitions"):
         logger = logging.getLogger(name)
         if logger.level == logging.NOTSET:

@@ -38,6 +38,8 @@ class Settings:
     mqtt_port: int = 8883
     mqtt_url: str | None = None
     mqtt_public_url: str | None = None
+    mqtt_share_group: str = "corral"
+    mqtt_crl_path: Path | None = None
 
     @property
     def embedded_broker(self) -> bool:
@@ -73,6 +75,11 @@ class Settings:
     @property
     def admin_token_path(self) -> Path:
         return self.data_dir / "admin-token"
+
+    @property
+    def mqtt_config_path(self) -> Path:
+        """Written by ``corral broker mosquitto-config``: share group and CRL path."""
+        return self.data_dir / "mqtt.json"
 
     @property
     def client_config_path(self) -> Path:
@@ -141,6 +148,12 @@ def load(
         or config.get("mqtt_listen")
         or DEFAULT_MQTT_LISTEN
     )
+    external: dict[str, Any] = {}
+    if (root / "mqtt.json").exists():
+        try:
+            external = json.loads((root / "mqtt.json").read_text())
+        except (OSError, ValueError) as e:
+            raise SettingsError(f"cannot read {root / 'mqtt.json'}: {e}") from e
     env_sans = [s for s in os.environ.get("CORRAL_SANS", "").split(",") if s]
     return Settings(
         data_dir=root,
@@ -159,4 +172,8 @@ def load(
         mqtt_public_url=mqtt_public_url
         or os.environ.get("CORRAL_MQTT_PUBLIC_URL")
         or config.get("mqtt_public_url"),
+        mqtt_share_group=os.environ.get("CORRAL_MQTT_SHARE_GROUP")
+        or external.get("share_group")
+        or "corral",
+        mqtt_crl_path=Path(external["crl"]) if external.get("crl") else None,
     )

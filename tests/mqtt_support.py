@@ -130,18 +130,25 @@ def start_mosquitto(
     tmp_path: Path, ca: identity.CertificateAuthority, server_identity: str = "corral-server"
 ) -> MosquittoProcess:
     """Mosquitto with Corral's config on a free 127.0.0.1 port. Call ``stop()`` when done."""
-    port = free_port()
-    files = write_config(
-        tmp_path / "mosquitto",
-        ca,
-        HOST,
-        port,
-        server_identity=server_identity,
-        run_as=pwd.getpwuid(os.getuid()).pw_name,  # as root it would drop to "mosquitto"
-    )
-    mosquitto = MosquittoProcess(files, ca, port, tmp_path / f"mosquitto-{port}.log")
-    mosquitto.start()
-    return mosquitto
+    for attempt in range(3):  # another process may take the free port before Mosquitto does
+        port = free_port()
+        files = write_config(
+            tmp_path / "mosquitto",
+            ca,
+            HOST,
+            port,
+            server_identity=server_identity,
+            run_as=pwd.getpwuid(os.getuid()).pw_name,  # as root it would drop to "mosquitto"
+        )
+        mosquitto = MosquittoProcess(files, ca, port, tmp_path / f"mosquitto-{port}.log")
+        try:
+            mosquitto.start()
+        except RuntimeError:
+            if attempt == 2:
+                raise
+            continue
+        return mosquitto
+    raise AssertionError("unreachable")
 
 
 def _write_embedded_pki(

@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 from sqlite_utils import Database
 
-from edge_server import selectors, specs
+from edge_server import revocation, selectors, specs
 from edge_server.api.http import json_response, query_int, read_model
 from edge_server.auth import (
     authenticate_device,
@@ -143,6 +143,7 @@ def _device_action(action: str) -> Any:
 
         if not await request.app[STORE].write(write):
             raise NotFound(f"no device {device_id}")
+        await revocation.refresh_crl(request.app)
         return json_response({"id": device_id, "status": action})
 
     return operator("operator")(handler)

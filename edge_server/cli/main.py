@@ -8,7 +8,7 @@ import os
 import sys
 from typing import NoReturn
 
-from edge_server.cli import api_tokens, demo, devices, groups, serve, tokens
+from edge_server.cli import api_tokens, broker, demo, devices, groups, serve, tokens
 from edge_server.cli.client import ApiClient
 from edge_server.errors import ServerError
 from registration.errors import RegistrationError
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="noun", required=True)
     serve.add_parser(sub)
     demo.add_parser(sub)
+    broker.add_parser(sub)
     tokens.add_parser(sub, common)
     devices.add_parser(sub, common)
     groups.add_parser(sub, common)
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        if args.noun in ("serve", "demo"):
+        if args.noun in ("serve", "demo", "broker"):
             return int(args.func(args))
         api = ApiClient.from_args(args.server, args.data_dir)
         args.func(args, api)

@@ -207,3 +207,12 @@ def reset(db: Database, device_id: str) -> bool:
         (time.time(), device_id),
     )
     return cur.rowcount > 0
+
+
+def revoked_serials(db: Database) -> list[int]:
+    """The deny-list, for CRLs handed to external brokers."""
+    rows = db.execute(
+        "SELECT serial FROM certificates WHERE revoked_at IS NOT NULL AND not_after > ?",
+        (time.time(),),
+    )
+    return [int(r[0]) for r in rows]

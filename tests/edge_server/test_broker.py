@@ -543,9 +543,12 @@ async def test_mosquitto_rereads_the_crl_on_sighup_and_keeps_connected_clients(
 
 
 async def test_mosquitto_wrong_client_id_cannot_escape_the_acl(mosquitto: Harness) -> None:
-    """The username is the CN whatever the client id, and the ACL is written with %u."""
+    """The username is the CN whatever the client id, and the ACL is written with %u.
+
+    What a wrong client id can still do is take over the connection (and session) that uses
+    it: Mosquitto has no rule tying client id to username (see edge_server.mosquitto)."""
     c = mosquitto.certs
-    async with mosquitto.client(c[SERVER]) as server:
+    async with mosquitto.client(c[SERVER]) as server, mosquitto.client(c[B]) as device_b:
         await server.publish(nudge_topic(B), b"for-b", qos=1, retain=True)
         await server.subscribe(f"{TOPIC_ROOT}/+/status", qos=1)
         async with mosquitto.client(c[A], client_id=B) as impostor:
@@ -554,6 +557,8 @@ async def test_mosquitto_wrong_client_id_cannot_escape_the_acl(mosquitto: Harnes
             await impostor.publish(status_topic(A), b"own", qos=1)
             assert await until(server, {status_topic(A)}) == [(status_topic(A), b"own")]
             assert await drain(impostor) == []
+            with pytest.raises(aiomqtt.MqttError, match="Disconnected"):
+                await drain(device_b)  # taken over
         cli = await run_cli(mosquitto.sub(c[A], [nudge_topic(B)], client_id=B, wait=1))
         assert "for-b" not in cli.stdout
 
