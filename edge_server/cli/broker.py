@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edge_server import mosquitto
-from edge_server.cli.errors import CliError
+from edge_server import bootstrap, mosquitto
+from edge_server.cli.serve import announce
 from edge_server.pki import MQTT_IDENTITY, Pki, write_public
 from edge_server.settings import load, parse_listen
 from edge_server.store import connect
@@ -24,9 +24,10 @@ from edge_server.store import devices as devices_store
 
 def mosquitto_config(args: argparse.Namespace) -> int:
     settings = load(data_dir=args.data_dir)
+    creds = bootstrap.prepare(settings)  # a fresh data dir gets its CA (and admin) here
+    if creds is not None:
+        announce(settings, creds)
     pki = Pki(settings.pki_dir)
-    if not pki.ca_key_path.exists():
-        raise CliError(f"no Corral CA in {settings.pki_dir}", hint="run `corral serve` once first")
     host, port = parse_listen(args.listen)
     db = connect(settings.db_path)
     try:

@@ -29,7 +29,28 @@ class FleetServer:
         self.host: Host = lab.server
         self.url = f"https://{self.host.address}:8443"
         self.proc: subprocess.Popen[Any] | None = None
+        self.broker: subprocess.Popen[Any] | None = None
         self.log = data.parent / "server.log"
+
+    def start_mosquitto(self, out_dir: Path) -> None:
+        """Mosquitto in the server namespace, configured by ``corral broker mosquitto-config``."""
+        self.corral(
+            "broker",
+            "mosquitto-config",
+            "--out",
+            str(out_dir),
+            "--listen",
+            f"{self.host.address}:8883",
+            "--run-as",
+            "root",
+        )
+        with (self.data.parent / "mosquitto.log").open("ab") as out:
+            self.broker = self.host.popen(
+                ["mosquitto", "-c", str(out_dir / "mosquitto.conf")],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        self.host.wait_tcp(self.host.address, 8883, timeout=30)
 
     def start(self, extra: list[str] | None = None) -> None:
         with self.log.open("ab") as out:
@@ -116,9 +137,16 @@ def lab() -> Iterator[Lab]:
 
 
 @pytest.mark.slow
-def test_agents_catch_up_exactly_once_after_cuts_and_loss(lab: Lab, tmp_path: Path) -> None:
+@pytest.mark.parametrize("broker", ["embedded", "mosquitto"])
+def test_agents_catch_up_exactly_once_after_cuts_and_loss(
+    lab: Lab, tmp_path: Path, broker: str
+) -> None:
     server = FleetServer(lab, tmp_path / "data")
-    server.start(["--san", lab.server.address])
+    extra = ["--san", lab.server.address]
+    if broker == "mosquitto":
+        server.start_mosquitto(tmp_path / "mosquitto")
+        extra += ["--mqtt-url", f"mqtts://{lab.server.address}:8883"]
+    server.start(extra)
     try:
         server.corral("group", "create", "fleet", "--selector", "fleet=yes")
         server.corral("group", "set", "fleet", "--file", "/etc/fleet.conf=v1")
