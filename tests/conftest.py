@@ -20,10 +20,21 @@ def no_blocking_in_loop(request: pytest.FixtureRequest) -> Iterator[None]:
         yield
 
 
-def make_server(tmp_path: Path, **env: str) -> Server:
-    server = Server(data_dir=tmp_path / "data", port=free_port(), env=env)
-    server.start()
+def make_server(tmp_path: Path, broker: str = "embedded", **env: str) -> Server:
+    server = Server(data_dir=tmp_path / "data", port=free_port(), env=env, broker=broker)
+    try:
+        server.start()
+    except BaseException:
+        server.stop_all()
+        raise
     return server
+
+
+@pytest.fixture(params=["embedded", "mosquitto"])
+def fleet_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
+    """A server with the embedded broker, and again with a real Mosquitto (--mqtt-url)."""
+    srv = make_server(tmp_path, broker=request.param)
+    yield from _supervise(srv)
 
 
 @pytest.fixture
@@ -52,6 +63,6 @@ def _supervise(srv: Server) -> Iterator[Server]:
     try:
         yield srv
     finally:
-        srv.stop()
+        srv.stop_all()
     log = srv.log()
     assert "Traceback" not in log and "unhandled error" not in log, log[-4000:]

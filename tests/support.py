@@ -36,6 +36,8 @@ class Server:
     port: int
     env: dict[str, str] = field(default_factory=dict)
     mqtt_port: int = field(default_factory=free_port)
+    broker: str = "embedded"
+    mosquitto: Any = None
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
 
@@ -51,7 +53,39 @@ class Server:
     def admin_token(self) -> str:
         return (self.data_dir / "admin-token").read_text().strip()
 
+    def start_mosquitto(self) -> None:
+        """Mosquitto, configured the way an operator does: ``corral broker mosquitto-config``."""
+        from edge_server.mosquitto import MosquittoFiles
+        from edge_server.pki import Pki
+        from tests.mqtt_support import MosquittoProcess
+
+        out = self.data_dir.parent / "mosquitto"
+        self.corral(
+            "broker",
+            "mosquitto-config",
+            "--out",
+            str(out),
+            "--listen",
+            f"127.0.0.1:{self.mqtt_port}",
+            "--run-as",
+            "root",
+        )
+        ca = Pki(self.data_dir / "pki").load_ca()
+        self.mosquitto = MosquittoProcess(
+            MosquittoFiles.under(out), ca, self.mqtt_port, self.data_dir.parent / "mosquitto.log"
+        )
+        self.mosquitto.start()
+
+    def restart_broker(self) -> None:
+        if self.broker == "mosquitto":
+            self.mosquitto.restart()
+        else:  # the embedded broker lives and dies with the server
+            self.stop()
+            self.start()
+
     def start(self, timeout: float = 30) -> None:
+        if self.broker == "mosquitto" and self.mosquitto is None:
+            self.start_mosquitto()
         self.log_path = self.data_dir.parent / f"server-{self.port}.log"
         env = {
             **os.environ,
@@ -59,6 +93,8 @@ class Server:
             "CORRAL_MQTT_LISTEN": f"127.0.0.1:{self.mqtt_port}",
             **self.env,
         }
+        if self.broker == "mosquitto":
+            env["CORRAL_MQTT_URL"] = f"mqtts://127.0.0.1:{self.mqtt_port}"
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [
@@ -101,6 +137,11 @@ class Server:
         code = self.proc.returncode
         self.proc = None
         return code
+
+    def stop_all(self) -> None:
+        self.stop()
+        if self.mosquitto is not None:
+            self.mosquitto.stop()
 
     def kill9(self) -> None:
         assert self.proc is not None

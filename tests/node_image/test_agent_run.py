@@ -1,4 +1,4 @@
-"""The agent daemon against a real server (its own process, real TLS, embedded broker).
+"""The agent daemon against a real server (own process, real TLS; embedded and Mosquitto).
 
 In-process agents run on a ``SimulatedHost`` in the test's event loop, under the guard that
 fails any blocking call from our packages; one agent runs as a real ``corral-agent run``.
@@ -15,12 +15,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from node_image.agent import seed as seed_mod
 from node_image.agent.daemon import Agent, AgentSettings
 from node_image.host import SimulatedHost
 from tests.support import BIN, Server
 
 WAIT = 30.0
+
+
+@pytest.fixture
+def server(fleet_server: Server) -> Server:
+    """Every test here runs against the embedded broker and against Mosquitto."""
+    return fleet_server
 
 
 def write_seed(server: Server, path: Path, **labels: str) -> Path:
