@@ -9,7 +9,7 @@ from aiohttp import web
 from sqlite_utils import Database
 
 from edge_server import revocation, selectors, specs
-from edge_server.api.http import json_response, query_int, read_model
+from edge_server.api.http import SPEC_BODY_BYTES, json_response, query_int, read_model
 from edge_server.auth import (
     authenticate_device,
     authenticate_operator,
@@ -202,7 +202,7 @@ async def device_spec(request: web.Request) -> web.StreamResponse:
 @operator("operator")
 async def set_override(request: web.Request) -> web.Response:
     device_id = request.match_info["device_id"]
-    patch = await read_model(request, SpecPatch)
+    patch = await read_model(request, SpecPatch, SPEC_BODY_BYTES)
     who = current_operator(request)
     override = patch.model_dump(exclude_none=True)
 

@@ -9,7 +9,7 @@ from pydantic import Field
 from sqlite_utils import Database
 
 from edge_server import selectors, specs
-from edge_server.api.http import json_response, read_model
+from edge_server.api.http import SPEC_BODY_BYTES, json_response, read_model
 from edge_server.auth import current_operator, operator
 from edge_server.errors import Conflict, NotFound
 from edge_server.keys import CHANNEL, STORE
@@ -56,7 +56,7 @@ async def _write_and_nudge(request: web.Request, job: Any) -> dict[str, Any]:
 @routes.post("/api/v1/groups")
 @operator("operator")
 async def create_group(request: web.Request) -> web.Response:
-    body = await read_model(request, GroupCreate)
+    body = await read_model(request, GroupCreate, SPEC_BODY_BYTES)
     selector = str(selectors.parse(body.selector))
     who = current_operator(request)
 
@@ -91,7 +91,7 @@ async def show_group(request: web.Request) -> web.Response:
 @operator("operator")
 async def update_group(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    body = await read_model(request, GroupUpdate)
+    body = await read_model(request, GroupUpdate, SPEC_BODY_BYTES)
     selector = str(selectors.parse(body.selector)) if body.selector is not None else None
     who = current_operator(request)
 

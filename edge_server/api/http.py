@@ -35,8 +35,11 @@ async def read_json(request: web.Request, max_bytes: int | None = None) -> Any:
         raise BadRequest(f"body is not valid JSON: {e}", code="invalid_json") from e
 
 
-async def read_model(request: web.Request, model: type[M]) -> M:
-    return protocol.parse(model, await read_json(request))  # type: ignore[type-var]
+SPEC_BODY_BYTES = 4 * 1024 * 1024
+
+
+async def read_model(request: web.Request, model: type[M], max_bytes: int | None = None) -> M:
+    return protocol.parse(model, await read_json(request, max_bytes))  # type: ignore[type-var]
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
