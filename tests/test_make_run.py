@@ -16,7 +16,12 @@ from tests.support import REPO, free_port
 def test_make_run_serves_https_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     port = free_port()
     data = tmp_path / "corral-data"
-    env = {**os.environ, "CORRAL_DATA_DIR": str(data), "CORRAL_LISTEN": f"127.0.0.1:{port}"}
+    env = {
+        **os.environ,
+        "CORRAL_DATA_DIR": str(data),
+        "CORRAL_LISTEN": f"127.0.0.1:{port}",
+        "CORRAL_MQTT_LISTEN": f"127.0.0.1:{free_port()}",
+    }
     log = tmp_path / "run.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -61,7 +66,8 @@ def test_make_run_serves_https_and_stops_cleanly_on_sigterm(tmp_path: Path) -> N
         assert listing.returncode == 0, listing.stderr
         assert listing.stdout.strip() == "[]"
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        if _group_alive(proc.pid):
+            os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)
         # make exits at once; the server it started shuts down in its own time.
         deadline = time.monotonic() + 30
