@@ -84,9 +84,10 @@ def recompute(db: Database, device_ids: Iterable[str] | None = None) -> list[Cha
     """Recompute the specs of these devices (or all), bump generations that changed, and
     return the changes, for nudges. Runs inside a writer job."""
     layers = load_layers(db)
-    known = state_store.spec_states(db)
+    ids = list(device_ids) if device_ids is not None else None
+    known = state_store.spec_states(db, ids)
     changes: list[Change] = []
-    for device_id, labels in state_store.labels_of(db, device_ids):
+    for device_id, labels in state_store.labels_of(db, ids):
         old = known.get(device_id) or state_store.SpecState("", 0, {}, [], 0)
         spec, group_names = compute(layers, labels, old.override)
         new_hash = spec_hash(spec)

@@ -46,11 +46,17 @@ class SpecState:
     acked_seq: int
 
 
-def spec_states(db: Database) -> dict[str, SpecState]:
-    """device id → what spec recomputation needs, for every device with state."""
-    rows = db.execute(
-        "SELECT device_id, spec_hash, generation, override, groups, acked_seq FROM device_state"
-    )
+def spec_states(db: Database, device_ids: list[str] | None = None) -> dict[str, SpecState]:
+    """device id → what spec recomputation needs, for these devices (or all with state)."""
+    sql = "SELECT device_id, spec_hash, generation, override, groups, acked_seq FROM device_state"
+    rows: list[Any] = []
+    if device_ids is None:
+        rows = db.execute(sql).fetchall()
+    else:
+        for start in range(0, len(device_ids), 500):
+            chunk = device_ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows += db.execute(f"{sql} WHERE device_id IN ({marks})", chunk).fetchall()  # noqa: S608
     return {r[0]: SpecState(r[1], r[2], json.loads(r[3]), json.loads(r[4]), r[5]) for r in rows}
 
 
