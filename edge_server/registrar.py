@@ -147,6 +147,10 @@ def _commit(
         cert.not_valid_after_utc.timestamp(),
     )
     changes = specs.recompute(db, [device_id])
+    if existing is not None and not changes:
+        state = state_store.get(db, device_id)
+        if state is not None:  # re-announce the generation and the (maybe reset) acked seq
+            changes = [specs.Change(device_id, int(state["generation"]), int(state["acked_seq"]))]
     audit(
         db,
         f"token:{req.token.token_id}",

@@ -36,5 +36,9 @@ async def register(request: web.Request) -> web.Response:
     except (ServerError, RegistrationError):
         limiter.record_failure(address)
         raise
-    await request.app[CHANNEL].nudge(changes)
+    # A new device gets no nudge: its agent pulls its spec right after this answer, and
+    # publishing would cost every registration a broker round. A known device may hold a
+    # retained nudge from before (a reset resets its acked seq), so it gets a fresh one.
+    if not result.created:
+        await request.app[CHANNEL].nudge(changes)
     return json_response(result, status=201 if result.created else 200)
