@@ -19,7 +19,6 @@ from edge_server.settings import Settings
 from edge_server.store import Store
 from edge_server.store import devices as devices_store
 from edge_server.store import state as state_store
-from registration import identity
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +111,7 @@ def create_app(settings: Settings) -> web.Application:
     pki = Pki(settings.pki_dir)
     ca = pki.load_ca()
     app[CA] = ca
-    app[CA_PEM] = identity.cert_to_pem(ca.cert).decode()
+    app[CA_PEM] = ca.pem
     app[REGISTER_LIMITER] = FailureLimiter(settings.register_failures_per_minute)
     app.cleanup_ctx.append(_store)
     app.cleanup_ctx.append(_broker)

@@ -163,7 +163,7 @@ def _commit(
         device_id=device_id,
         name=name,
         certificate=identity.cert_to_pem(cert).decode(),
-        ca=identity.cert_to_pem(ca.cert).decode(),
+        ca=ca.pem,
         serial=str(serial),
         labels=labels,
         group=str(row["group_name"]),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -63,11 +64,24 @@ def spec_hash(spec: Spec) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+_LAYERS: weakref.WeakKeyDictionary[Database, tuple[tuple[Any, ...], list[Layer]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def load_layers(db: Database) -> list[Layer]:
-    return [
+    """The groups, parsed. Registration recomputes one spec at a time, so the parsed groups
+    are kept per connection until the groups table changes (its version says when)."""
+    version = groups_store.version(db)
+    cached = _LAYERS.get(db)
+    if cached is not None and cached[0] == version:
+        return cached[1]
+    layers = [
         Layer(g["name"], selectors.parse(g["selector"]), SpecPatch.model_validate(g["spec"]))
         for g in groups_store.list_all(db)
     ]
+    _LAYERS[db] = (version, layers)
+    return layers
 
 
 def compute(

@@ -180,11 +180,17 @@ class CertificateAuthority:
             .not_valid_before(now - dt.timedelta(minutes=5))
             .not_valid_after(now + dt.timedelta(days=days))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
-                critical=False,
-            )
+            .add_extension(self._authority_key_id, critical=False)
         )
+
+    @functools.cached_property
+    def _authority_key_id(self) -> x509.AuthorityKeyIdentifier:
+        return x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key())
+
+    @functools.cached_property
+    def pem(self) -> str:
+        """The CA certificate as PEM text (what devices pin and trust)."""
+        return cert_to_pem(self.cert).decode()
 
     def issue_device(
         self, device_id: str, public_key: ec.EllipticCurvePublicKey, serial: int

@@ -24,6 +24,15 @@ def get(db: Database, name: str) -> dict[str, Any] | None:
     return loads_columns(dict(rows[0]), "spec") if rows else None
 
 
+def version(db: Database) -> tuple[Any, ...]:
+    """Changes whenever a group is created, changed or deleted."""
+    row = db.execute(
+        "SELECT count(*), max(updated_at), total(length(spec) + length(selector) + priority)"
+        " FROM groups"
+    ).fetchone()
+    return tuple(row)
+
+
 def list_all(db: Database) -> list[dict[str, Any]]:
     """Every group, lowest precedence first (priority, then name)."""
     rows = db.query("SELECT * FROM groups ORDER BY priority, name")
