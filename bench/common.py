@@ -140,6 +140,11 @@ class ServerProcess:
         self.port = free_port()
         env = {**os.environ, **self.env}
         env.pop("CORRAL_GUARD_BLOCKING", None)  # the test-only guard would slow every call
+        # The embedded MQTT broker gets a free port too, so two servers never collide.
+        env.setdefault("CORRAL_MQTT_LISTEN", f"127.0.0.1:{free_port()}")
+        # Serve the code of the tree this bench lives in, even from a copy or worktree whose
+        # packages are not the ones installed in the venv.
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         with self.log_path.open("wb") as out:
             self.proc = subprocess.Popen(
                 [
@@ -302,15 +307,15 @@ def _lerp(x: float, y: float, f: float) -> float:
     return x + (y - x) * f
 
 
-def wait_for_quiet(max_wait: float, threshold: float = 0.15) -> float:
-    """Wait (up to ``max_wait`` s) for a second in which the machine uses less than
+def wait_for_quiet(max_wait: float, threshold: float = 0.15, window: float = 0.5) -> float:
+    """Wait (up to ``max_wait`` s) for a ``window`` in which the machine uses less than
     ``threshold`` cores, so another job's load does not end up in the figures. Returns the
-    cores busy in the last second looked at."""
+    cores busy in the last window looked at."""
     deadline = time.monotonic() + max_wait
     while True:
         a = machine_cpu_ticks()[0]
-        time.sleep(1.0)
-        busy = (machine_cpu_ticks()[0] - a) / CLK_TCK
+        time.sleep(window)
+        busy = (machine_cpu_ticks()[0] - a) / CLK_TCK / window
         if busy < threshold or time.monotonic() >= deadline:
             return busy
 
@@ -342,11 +347,13 @@ class PhaseResult:
     p50_ms: float
     p99_ms: float
     max_ms: float
+    latencies: list[float] = field(repr=False)  # seconds, sorted, of the measured requests
     server_cpu: float  # cores used by the server process in the window (1.0 = one core)
     client_cpu: float  # cores used by the load processes (and this process) in the window
     other_cpu: float  # cores used by anything else (other work on the machine, softirqs)
     machine_busy: float  # share of all CPUs busy in the window (0..1)
     steal: float  # share of all CPU time stolen by the hypervisor
+    context: str = ""  # what the bench wants said with the figures (e.g. database size)
 
     @property
     def server_ms_per_req(self) -> float:
@@ -365,6 +372,7 @@ class PhaseResult:
             f"({self.client_ms_per_req:.2f} ms/req) other {self.other_cpu * 100:.0f}%, "
             f"machine {self.machine_busy * 100:.0f}% busy"
             + (f", steal {self.steal * 100:.0f}%" if self.steal > 0.005 else "")
+            + (f"; {self.context}" if self.context else "")
         )
 
 
@@ -508,7 +516,7 @@ class LoadGenerator:
 
     def __init__(self, host: str, port: int, processes: int) -> None:
         ctx = mp.get_context("spawn")
-        self.counter: Synchronized[int] = ctx.Value("q", 0)  # type: ignore[assignment]
+        self.counter: Synchronized[int] = ctx.Value("q", 0)
         self.pipes: list[Connection] = []
         self.procs: list[mp.process.BaseProcess] = []
         for n in range(processes):
@@ -587,6 +595,7 @@ def analyse(
         p50_ms=percentile(timed, 50) * 1000,
         p99_ms=percentile(timed, 99) * 1000,
         max_ms=(timed[-1] if timed else float("nan")) * 1000,
+        latencies=timed,
         server_cpu=server_cpu,
         client_cpu=client_cpu,
         other_cpu=max(0.0, busy_cores - server_cpu - client_cpu),
@@ -599,19 +608,20 @@ def analyse(
 
 
 @contextlib.contextmanager
-def py_spy(pid: int, out: Path | None) -> Iterator[None]:
-    """With ``out``, record the server with py-spy (native frames) while the block runs.
-    Sampling pauses the server briefly, so figures taken under it read low."""
+def py_spy(pid: int, out: Path | None, native: bool = False) -> Iterator[None]:
+    """With ``out``, record the server with py-spy while the block runs (format by suffix:
+    ``.txt`` collapsed stacks, else a flame graph). Python frames only, sampled without
+    pausing the server; ``native`` adds C/Rust frames (OpenSSL, SQLite, cryptography) but
+    pauses the server at every sample and counts threads waiting in C (on the GIL, on a
+    queue) as busy, so use it for where native time goes, not for shares of CPU."""
     if out is None:
         yield
         return
     exe = Path(sys.executable).parent / "py-spy"
-    proc = subprocess.Popen(
-        [str(exe), "record", "--pid", str(pid), "--native", "--rate", "200", "--format"]
-        + ["raw" if out.suffix == ".txt" else "flamegraph", "--output", str(out)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    cmd = [str(exe), "record", "--pid", str(pid), "--rate", "100", "--output", str(out)]
+    cmd += ["--format", "raw" if out.suffix == ".txt" else "flamegraph"]
+    cmd += ["--native"] if native else ["--nonblocking"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(0.5)  # attach before the load starts
         yield
@@ -629,21 +639,26 @@ def py_spy(pid: int, out: Path | None) -> Iterator[None]:
 BENCHMARKS_HEADER = """\
 # Benchmarks
 
-Measured figures of the real server, one row per full run, newest last. Each bench starts
-`corral serve` in a subprocess on 127.0.0.1 (free port, temporary data directory) and drives
-it from separate load-generator processes on the same machine.
+Measured figures of the real server, one row per full run, newest last. Each bench is a
+script in `bench/` that starts `corral serve` (the code of the tree it lives in) in a
+subprocess on 127.0.0.1, with a free port and a temporary data directory, and drives it from
+separate load-generator processes on the same machine.
 
 How to run (from the repository root, after `make` has set up `.venv`):
 
-    make bench                                   # = .venv/bin/python bench/registration.py
-    .venv/bin/python bench/registration.py --quick     # smoke run, not recorded here
-    .venv/bin/python bench/registration.py --profile /tmp/prof   # + py-spy of the server
+    make bench                                          # = .venv/bin/python bench/registration.py
+    .venv/bin/python bench/registration.py --quick      # smoke run (~15 s), not recorded
+    .venv/bin/python bench/registration.py --no-record  # full run (~1-2 min), not recorded
+    .venv/bin/pip install py-spy                        # once, for --profile
+    .venv/bin/python bench/registration.py --profile /tmp/prof   # + flame graphs of the server
 
-A full run prints one result line and appends a row below. Figures vary by ±10-15 % run to
-run on a shared VM; compare ratios (each against a baseline measured in the same run) rather
-than absolute rates across machines. The load generator shares the cores with the server, so
-notes also give the server's own CPU cost per request (ms of CPU), which does not depend on
-the generator.
+A full run prints one result line on stdout (progress on stderr) and appends a row below.
+Run benches on an otherwise idle machine: each phase waits for quiet and re-runs if other
+work took CPU meanwhile, and a row whose figures were still disturbed says DISTURBED.
+Figures drift by 10-30 % run to run on a shared VM; compare ratios (each against a baseline
+measured in the same run) rather than absolute rates across machines. The load generator
+shares the cores with the server, so notes also give the server's own CPU per request (ms of
+CPU), which does not depend on how much CPU the generator took.
 
 | date | benchmark | figure | baseline | ratio | target | notes |
 | --- | --- | --- | --- | --- | --- | --- |
@@ -651,13 +666,18 @@ the generator.
 
 
 def append_benchmark_row(cells: Sequence[str], path: Path = BENCHMARKS_MD) -> None:
-    if not path.exists() or not path.read_text().strip():
-        path.write_text(BENCHMARKS_HEADER)
-    text = path.read_text()
+    """Append one table row (the header first if the file is new). O_APPEND, never a
+    rewrite: other benches may append at the same time."""
     row = "| " + " | ".join(c.replace("|", "/").replace("\n", " ") for c in cells) + " |\n"
-    if not text.endswith("\n"):
-        text += "\n"
-    path.write_text(text + row)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        if os.fstat(fd).st_size == 0:
+            os.write(fd, BENCHMARKS_HEADER.encode())
+        elif not path.read_bytes().endswith(b"\n"):
+            os.write(fd, b"\n")
+        os.write(fd, row.encode())
+    finally:
+        os.close(fd)
 
 
 def today() -> str:
