@@ -18,12 +18,12 @@ How, in three layers:
    before amqtt sees the CONNECT: amqtt 0.12.1 deletes or takes over the session of that
    client id *before* it asks the auth plugins, so a refused client could still wipe another
    device's session.
-2. **The auth plugin** (:class:`CertificateAuthPlugin`), which amqtt requires, accepts a
+2. **The auth plugin** (``broker_policy.CertificateAuthPlugin``), which amqtt requires, accepts a
    session only if its TLS connection went through the gate with that client id, and records
    the identity on the session for the topic plugin.
-3. **The topic plugin** (:class:`DeviceAclPlugin`) enforces the ACL on SUBSCRIBE, PUBLISH and
-   every delivery (RECEIVE). A refused subscription gets SUBACK 0x80; a refused publish is
-   acknowledged and dropped (MQTT 3.1.1 has no way to say no).
+3. **The topic plugin** (``broker_policy.DeviceAclPlugin``) enforces the ACL on SUBSCRIBE,
+   PUBLISH and every delivery (RECEIVE). A refused subscription gets SUBACK 0x80; a refused
+   publish is acknowledged and dropped (MQTT 3.1.1 has no way to say no).
 
 One amqtt fix: when any client connects, amqtt 0.12.1 sends it the retained messages of every
 topic filter that *any* session subscribes to, without asking the topic plugin. Our
@@ -44,19 +44,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import ssl
 import struct
 import uuid
-import weakref
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from amqtt.adapters import ReaderAdapter, StreamReaderAdapter, StreamWriterAdapter
 from amqtt.broker import Broker
-from amqtt.contexts import Action, BaseContext
 from amqtt.errors import AMQTTError, MQTTError, NoDataError
 from amqtt.mqtt.connack import (
     NOT_AUTHORIZED,
@@ -66,16 +62,20 @@ from amqtt.mqtt.connack import (
 )
 from amqtt.mqtt.connect import ConnectPacket
 from amqtt.mqtt.packet import CONNECT, MQTTFixedHeader
-from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
-from cryptography import x509
 
-from registration import identity
-from registration.desired import device_of_topic, nudge_topic, presence_topic, status_topic
+from edge_server import broker_policy
+from edge_server.broker_policy import (
+    _POLICIES,
+    REVOCATION_CHECK_FAILED,
+    BrokerStats,
+    IsRevoked,
+    PeerIdentity,
+    Policy,
+)
 
 log = logging.getLogger(__name__)
 
-IsRevoked = Callable[[int, str], Awaitable[bool]]
 
 CONNECT_TIMEOUT = 10.0
 MAX_CONNECT_BYTES = 64 * 1024
@@ -83,182 +83,6 @@ BACKLOG = 1024  # a fleet reconnects at once after a restart
 SESSION_EXPIRY_SECONDS = 14 * 24 * 3600
 MQTT_311 = 4
 LISTENER = "default"
-IDENTITY_ATTRIBUTE = "corral.identity"
-REVOCATION_CHECK_FAILED = "revocation_check_failed"
-# A CN becomes a topic level: no "/", "+", "#", "$" or control characters.
-_SAFE_CN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
-
-
-@dataclass(frozen=True)
-class PeerIdentity:
-    cn: str
-    serial: int
-
-
-@dataclass
-class BrokerStats:
-    connections_accepted: int = 0
-    connections_refused: int = 0
-    refusals: dict[str, int] = field(default_factory=dict)
-    acl_denials: int = 0
-    denials: dict[str, int] = field(default_factory=dict)
-
-    def refuse(self, reason: str) -> None:
-        self.connections_refused += 1
-        self.refusals[reason] = self.refusals.get(reason, 0) + 1
-
-    def deny(self, action: str) -> None:
-        self.acl_denials += 1
-        self.denials[action] = self.denials.get(action, 0) + 1
-
-
-def peer_identity(ssl_object: ssl.SSLObject | None) -> PeerIdentity | None:
-    """The CN and serial of the verified client certificate of a TLS connection."""
-    if ssl_object is None:
-        return None
-    der = ssl_object.getpeercert(binary_form=True)
-    if not der:
-        return None
-    try:
-        cert = x509.load_der_x509_certificate(der)
-    except ValueError:  # OpenSSL verified it, but cryptography is stricter (e.g. serials)
-        return None
-    cn = identity.common_name(cert)
-    if cn is None:
-        return None
-    return PeerIdentity(cn=cn, serial=cert.serial_number)
-
-
-def topic_allowed(cn: str, server_identity: str, topic: str, action: Action) -> bool:
-    """The ACL. ``topic`` is a filter for SUBSCRIBE and a topic for PUBLISH and RECEIVE."""
-    if cn == server_identity:
-        where = device_of_topic(topic)
-        if where is None or "#" in where[0]:
-            return False
-        device, kind = where
-        if action == Action.PUBLISH:
-            return kind == "nudge" and "+" not in device
-        return kind in ("status", "presence")
-    if action == Action.PUBLISH:
-        return topic in (status_topic(cn), presence_topic(cn))
-    return topic == nudge_topic(cn)
-
-
-class Policy:
-    """Who may connect and what they may do: shared by the gate and both amqtt plugins."""
-
-    def __init__(self, is_revoked: IsRevoked, server_identity: str) -> None:
-        self.is_revoked = is_revoked
-        self.server_identity = server_identity
-        self.stats = BrokerStats()
-        # The identity the gate admitted, per TLS connection (dropped with the connection).
-        self._admitted: weakref.WeakKeyDictionary[ssl.SSLObject, PeerIdentity] = (
-            weakref.WeakKeyDictionary()
-        )
-
-    async def admit(
-        self, ssl_object: ssl.SSLObject, client_id: str | None, will_topic: str | None
-    ) -> tuple[PeerIdentity | None, str | None]:
-        """``(identity, None)`` to let the connection in, or ``(identity, reason)``."""
-        peer = peer_identity(ssl_object)
-        if peer is None:
-            return None, "no_identity"
-        if not _SAFE_CN.fullmatch(peer.cn):
-            return peer, "bad_common_name"
-        if client_id != peer.cn:
-            return peer, "client_id_mismatch"
-        if will_topic is not None and not topic_allowed(
-            peer.cn, self.server_identity, will_topic, Action.PUBLISH
-        ):
-            return peer, "will_topic_denied"
-        try:
-            revoked = await self.is_revoked(peer.serial, peer.cn)
-        except Exception as e:  # the deny-list is unreachable: fail closed, keep the cause
-            log.error("revocation check for %s failed; refusing it", peer.cn, exc_info=e)
-            return peer, REVOCATION_CHECK_FAILED
-        if revoked:
-            return peer, "revoked"
-        self._admitted[ssl_object] = peer
-        return peer, None
-
-    def authenticate(self, session: Session) -> bool:
-        peer = self._admitted.get(session.ssl_object) if session.ssl_object else None
-        if peer is None or session.client_id != peer.cn:
-            self.stats.refuse("not_admitted")
-            return False
-        session.attributes[IDENTITY_ATTRIBUTE] = peer
-        return True
-
-    def allows(self, session: Session | None, topic: str | None, action: Action | None) -> bool:
-        peer = session.attributes.get(IDENTITY_ATTRIBUTE) if session else None
-        allowed = (
-            isinstance(peer, PeerIdentity)
-            and topic is not None
-            and action is not None
-            and topic_allowed(peer.cn, self.server_identity, topic, action)
-        )
-        if not allowed:
-            self.stats.deny(str(action))
-            log.info(
-                "MQTT %s of %r by %s denied",
-                action,
-                topic,
-                peer.cn if isinstance(peer, PeerIdentity) else "?",
-            )
-        return allowed
-
-
-# amqtt builds plugins from dotted class names and a config dict, so each plugin finds its
-# broker's Policy here by the key the broker put in that dict.
-_POLICIES: dict[str, Policy] = {}
-
-
-@dataclass
-class PolicyPluginConfig:
-    """amqtt hands each plugin an instance of its ``Config``: here, its broker's key."""
-
-    policy: str = ""
-
-
-def _policy_of(context: BaseContext) -> Policy:
-    config = context.config
-    if not isinstance(config, PolicyPluginConfig):
-        raise TypeError(f"expected a PolicyPluginConfig, got {type(config).__name__}")
-    return _POLICIES[config.policy]
-
-
-class CertificateAuthPlugin(BaseAuthPlugin):
-    """Accept a session only if the gate admitted its TLS connection for this client id."""
-
-    class Config(PolicyPluginConfig):
-        pass
-
-    def __init__(self, context: BaseContext) -> None:
-        super().__init__(context)
-        self.policy = _policy_of(context)
-
-    async def authenticate(self, *, session: Session) -> bool:
-        return self.policy.authenticate(session)
-
-
-class DeviceAclPlugin(BaseTopicPlugin):
-    """The per-device ACL, on SUBSCRIBE, PUBLISH and RECEIVE."""
-
-    class Config(PolicyPluginConfig):
-        pass
-
-    def __init__(self, context: BaseContext) -> None:
-        super().__init__(context)
-        self.policy = _policy_of(context)
-
-    async def topic_filtering(
-        self,
-        *,
-        session: Session | None = None,
-        topic: str | None = None,
-        action: Action | None = None,
-    ) -> bool:
-        return self.policy.allows(session, topic, action)
 
 
 class _SnapshotDict(dict[str, list[tuple[Session, int]]]):
@@ -407,8 +231,8 @@ class EmbeddedBroker:
             "listeners": {LISTENER: {"type": "external"}},
             "session_expiry_interval": SESSION_EXPIRY_SECONDS,
             "plugins": {
-                f"{__name__}.CertificateAuthPlugin": policy,
-                f"{__name__}.DeviceAclPlugin": policy,
+                f"{broker_policy.__name__}.CertificateAuthPlugin": policy,
+                f"{broker_policy.__name__}.DeviceAclPlugin": policy,
             },
         }
 
