@@ -10,8 +10,8 @@ from typing import Any
 
 import requests
 
-from registration.desired import status_topic
-from tests.mqtt_support import mosquitto_pub
+from registration.desired import nudge_topic, status_topic
+from tests.mqtt_support import mosquitto_pub, mosquitto_sub
 from tests.support import Machine, Server
 
 
@@ -189,3 +189,46 @@ def test_demo_shows_fifty_online_devices_at_the_current_generation(tmp_path: Pat
         proc.wait(60)
     assert proc.returncode == 0
     assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+
+
+def test_nudges_carry_no_secrets(fleet_server: Server, tmp_path: Path) -> None:
+    server = fleet_server
+    device_id, cert = registered(server, tmp_path, "d")
+    body = {
+        "name": "k3s",
+        "selector": "",
+        "spec": {
+            "k3s": {
+                "version": "v1.30.2+k3s1",
+                "role": "agent",
+                "server_url": "https://10.0.0.1:6443",
+                "token": "K10-very-secret-join-token",
+            }
+        },
+    }
+    assert server.api("POST", "/api/v1/groups", body).status_code == 201
+    argv = mosquitto_sub(
+        server.mqtt_port,
+        server.ca,
+        Path(cert[0]),
+        Path(cert[1]),
+        [nudge_topic(device_id)],
+        client_id=device_id,
+        count=1,
+        wait=10,
+    )
+    got = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert got.returncode == 0, got.stderr
+    topic, payload = got.stdout.strip().split(" ", 1)
+    assert topic == nudge_topic(device_id)
+    nudge = json.loads(payload)
+    assert set(nudge) == {"generation", "acked_seq"} and nudge["generation"] >= 2
+    assert "secret" not in got.stdout
+    # The token reaches the device only over mTLS HTTPS, in its spec.
+    spec = requests.get(
+        f"{server.url}/api/v1/devices/{device_id}/spec",
+        cert=cert,
+        verify=str(server.ca),
+        timeout=30,
+    ).json()
+    assert spec["spec"]["k3s"]["token"] == "K10-very-secret-join-token"
