@@ -19,6 +19,7 @@ from edge_server.settings import Settings
 from edge_server.store import Store
 from edge_server.store import devices as devices_store
 from edge_server.store import state as state_store
+from edge_server.tls import limit_tls_buffers
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,7 @@ async def _blocking_guard(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings) -> web.Application:
+    limit_tls_buffers()
     app = web.Application(middlewares=[errors], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     pki = Pki(settings.pki_dir)

@@ -85,7 +85,7 @@ async def serve_until_signalled(settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT. Further signals during shutdown change nothing (make,
     systemd and shells may all send one)."""
     app = create_app(settings)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=10)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=10, keepalive_timeout=15)
     await runner.setup()
     site = web.TCPSite(
         runner,
