@@ -1,0 +1,259 @@
+"""Idle footprint of one real agent: ``corral-agent run`` as its own process, registered with a
+real server (embedded broker) and converged, then left alone.
+
+Two agents run side by side, both the real ``corral-agent run`` on a simulated host:
+
+- **restarted**: registered beforehand by ``corral-agent register``, so ``run`` starts with an
+  identity (every boot after the first, the steady state of a fleet);
+- **first boot**: ``run --seed`` registers in the same process first (``requests`` and
+  ``cryptography`` stay loaded for the life of that process).
+
+Once both are converged (the server shows them online and in sync) and settled, their VmRSS
+and CPU (utime + stime from /proc/<pid>/stat) are measured over ``--seconds`` (default 60),
+next to the baseline: a bare ``python -c "import time; time.sleep(...)"`` of the same
+interpreter, started at the same time, whose VmRSS is the floor of any Python process.
+
+Targets: RSS <= 40 MB, CPU <= 0.5 % (of one core).
+
+Run: ``.venv/bin/python bench/agent_idle.py [--seconds 60] [--quick]`` (quick = 10 s, not
+recorded).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+
+from bench.fleet import (  # noqa: E402
+    BIN,
+    ROOT,
+    Stack,
+    append_row,
+    cpu_seconds,
+    file_spec,
+    git_describe,
+    log,
+    rss_kib,
+    start_py_spy,
+    stop_py_spy,
+    today,
+    top_functions,
+)
+
+TARGET_RSS_MB = 40.0
+TARGET_CPU_PCT = 0.5
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def agent_argv(*args: str) -> list[str]:
+    exe = BIN / "corral-agent"
+    if exe.exists():
+        return [str(exe), *args]
+    return [sys.executable, "-m", "node_image.agent.cli", *args]
+
+
+@dataclass
+class Measured:
+    name: str
+    pid: int
+    rss0: int = 0
+    rss1: int = 0
+    hwm: int = 0
+    cpu0: float = 0.0
+    cpu1: float = 0.0
+
+    def begin(self) -> None:
+        self.rss0, self.cpu0 = rss_kib(self.pid), cpu_seconds(self.pid)
+
+    def end(self) -> None:
+        self.rss1, self.cpu1 = rss_kib(self.pid), cpu_seconds(self.pid)
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                self.hwm = int(line.split()[1])
+
+    def rss_mb(self) -> float:
+        return max(self.rss0, self.rss1) * 1024 / 1e6
+
+    def cpu_pct(self, seconds: float) -> float:
+        return (self.cpu1 - self.cpu0) / seconds * 100
+
+
+def wait_in_sync(stack: Stack, device_id: str, timeout: float = 120) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while True:
+        status, shown = stack.api("GET", f"/api/v1/devices/{device_id}")
+        if status == 200 and shown["in_sync"] and shown["online"]:
+            return dict(shown)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{device_id} not in sync and online: {shown}")
+        time.sleep(0.5)
+
+
+def device_id_of(state_dir: Path, timeout: float = 120) -> str:
+    deadline = time.monotonic() + timeout
+    identity = state_dir / "identity.json"
+    while not identity.exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no identity in {state_dir}")
+        time.sleep(0.2)
+    time.sleep(0.1)
+    return str(json.loads(identity.read_text())["device_id"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--seconds", type=float, help="idle window (default 60, quick 10)")
+    parser.add_argument("--settle", type=float, default=10, help="seconds after converging")
+    parser.add_argument("--quick", action="store_true", help="10 s window, not recorded")
+    parser.add_argument("--profile", type=Path, help="py-spy the agents into DIR")
+    parser.add_argument("--no-record", action="store_true")
+    parser.add_argument("--note", default="")
+    args = parser.parse_args(argv)
+    seconds = args.seconds or (10.0 if args.quick else 60.0)
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+
+    stack = Stack("embedded")
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        stack.start()
+        token = stack.create_fleet_group(file_spec("idle\n"))
+        seed = stack.root / "seed.json"
+        seed.write_text(
+            json.dumps({"server": stack.url, "token": token, "labels": {"bench": "fleet"}})
+        )
+        logs = stack.root / "agents.log"
+
+        # Restarted: registered by `corral-agent register`, then `run` without a seed.
+        restarted_state = stack.root / "restarted" / "state"
+        subprocess.run(
+            agent_argv("register", "--seed", str(seed), "--state-dir", str(restarted_state)),
+            check=True,
+            env=_env(),
+            capture_output=True,
+            timeout=120,
+        )
+        first_state = stack.root / "first-boot" / "state"
+        with logs.open("ab") as out:
+            for state, extra in (
+                (restarted_state, []),
+                (first_state, ["--seed", str(seed)]),
+            ):
+                procs.append(
+                    subprocess.Popen(
+                        agent_argv(
+                            "run",
+                            "--state-dir",
+                            str(state),
+                            "--simulated",
+                            str(state.parent / "host"),
+                            *extra,
+                        ),
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        env=_env(),
+                    )
+                )
+        ids = [device_id_of(restarted_state), device_id_of(first_state)]
+        for device_id in ids:
+            wait_in_sync(stack, device_id)
+        log(f"agents {ids} converged and online; settling {args.settle:.0f}s")
+        baseline = subprocess.Popen(
+            [sys.executable, "-c", f"import time; time.sleep({seconds + args.settle + 30})"]
+        )
+        procs.append(baseline)
+        time.sleep(args.settle)
+
+        measured = [
+            Measured("restarted", procs[0].pid),
+            Measured("first boot", procs[1].pid),
+            Measured("bare python", baseline.pid),
+        ]
+        spies = [
+            start_py_spy(m.pid, args.profile / f"agent-{m.name.replace(' ', '-')}.txt")
+            for m in measured[:2]
+            if args.profile
+        ]
+        for m in measured:
+            m.begin()
+        started = time.monotonic()
+        time.sleep(seconds)
+        window = time.monotonic() - started
+        for m in measured:
+            m.end()
+        for spy in spies:
+            stop_py_spy(spy)
+        for device_id in ids:  # still converged and online at the end of the window
+            wait_in_sync(stack, device_id, timeout=5)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        stack.close()
+
+    restarted, first, bare = measured
+    rss_ok = max(restarted.rss_mb(), first.rss_mb()) <= TARGET_RSS_MB
+    cpu_ok = max(restarted.cpu_pct(window), first.cpu_pct(window)) <= TARGET_CPU_PCT
+    verdict = lambda good: "ok" if good else "MISS"  # noqa: E731
+    rev = git_describe()
+    ratio = restarted.rss_mb() / bare.rss_mb()
+    ratio_first = first.rss_mb() / bare.rss_mb()
+    line = (
+        f"agent idle ({window:.0f}s, {rev}): restarted agent VmRSS {restarted.rss_mb():.1f} MB "
+        f"(peak {restarted.hwm * 1024 / 1e6:.1f}), CPU {restarted.cpu_pct(window):.3f}% | "
+        f"first-boot agent VmRSS {first.rss_mb():.1f} MB (peak {first.hwm * 1024 / 1e6:.1f}), "
+        f"CPU {first.cpu_pct(window):.3f}% | baseline bare python VmRSS {bare.rss_mb():.1f} MB | "
+        f"ratio {ratio:.2f}x (first boot {ratio_first:.2f}x) | "
+        f"[RSS <= {TARGET_RSS_MB:.0f} MB: {verdict(rss_ok)}; CPU <= {TARGET_CPU_PCT}%: "
+        f"{verdict(cpu_ok)}]"
+    )
+    print(line, flush=True)
+    if args.profile:
+        for m in measured[:2]:
+            path = args.profile / f"agent-{m.name.replace(' ', '-')}.txt"
+            if path.exists():
+                tops = ", ".join(f"{p:.0f}% {f}" for f, p in top_functions(path, 8))
+                log(f"py-spy {m.name}: {tops}")
+    if args.quick or args.no_record or args.profile:
+        log("not recorded (quick, --no-record or --profile)")
+        return 0
+    append_row(
+        [
+            today(),
+            f"agent idle, 1 `corral-agent run` process, {window:.0f} s (bench/agent_idle.py)",
+            f"VmRSS {restarted.rss_mb():.1f} MB, CPU {restarted.cpu_pct(window):.3f}% "
+            f"(first boot, registered in-process: {first.rss_mb():.1f} MB, "
+            f"{first.cpu_pct(window):.3f}%)",
+            f"bare `python -c 'import time; time.sleep()'` VmRSS {bare.rss_mb():.1f} MB",
+            f"{ratio:.2f}x (first boot {ratio_first:.2f}x)",
+            f"RSS <= {TARGET_RSS_MB:.0f} MB: {verdict(rss_ok)}; CPU <= {TARGET_CPU_PCT}%: "
+            f"{verdict(cpu_ok)}",
+            f"peak VmHWM {restarted.hwm * 1024 / 1e6:.1f} / {first.hwm * 1024 / 1e6:.1f} MB; "
+            f"embedded broker, MQTT connected, converged; {rev}"
+            + (f"; {args.note}" if args.note else ""),
+        ]
+    )
+    log("appended a row to BENCHMARKS.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
