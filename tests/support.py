@@ -220,3 +220,24 @@ class Machine:
         cert.write_text(register_answer["certificate"])
         key.write_bytes(identity.key_to_pem(self.key))
         return str(cert), str(key)
+
+
+def start_agent(state: Path, seed: Path, simulated: Path, log: Path) -> subprocess.Popen[bytes]:
+    """A real ``corral-agent run`` process on a simulated host, polling every 2 s."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [
+                str(BIN / "corral-agent"),
+                "run",
+                "--state-dir",
+                str(state),
+                "--seed",
+                str(seed),
+                "--simulated",
+                str(simulated),
+                "--poll-interval",
+                "2",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )

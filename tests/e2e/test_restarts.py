@@ -16,7 +16,7 @@ import pytest
 from node_image.agent import seed as seed_mod
 from node_image.agent.daemon import Agent, AgentSettings
 from node_image.host import SimulatedHost
-from tests.support import BIN, Server
+from tests.support import Server, start_agent
 
 FILES = 1500
 
@@ -66,23 +66,7 @@ def test_agent_killed_mid_reconcile_resumes_and_converges(
     log = tmp_path / "agent.log"
 
     def start() -> subprocess.Popen[bytes]:
-        with log.open("ab") as out:
-            return subprocess.Popen(
-                [
-                    str(BIN / "corral-agent"),
-                    "run",
-                    "--state-dir",
-                    str(state),
-                    "--seed",
-                    str(seed),
-                    "--simulated",
-                    str(host),
-                    "--poll-interval",
-                    "2",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        return start_agent(state, seed, host, log)
 
     agent = start()
     try:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +19,7 @@ import pytest
 from node_image.agent import seed as seed_mod
 from node_image.agent.daemon import Agent, AgentSettings
 from node_image.host import SimulatedHost
-from tests.support import BIN, Server
+from tests.support import Server, start_agent
 
 WAIT = 30.0
 
@@ -151,26 +150,6 @@ async def test_agent_converges_over_https_alone_when_mqtt_is_off(
     finally:
         await agent.stop()
         await run
-
-
-def start_agent(state: Path, seed: Path, simulated: Path, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [
-                str(BIN / "corral-agent"),
-                "run",
-                "--state-dir",
-                str(state),
-                "--seed",
-                str(seed),
-                "--simulated",
-                str(simulated),
-                "--poll-interval",
-                "2",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
 
 
 def test_agent_process_converges_survives_kill9_and_stops_cleanly_on_sigterm(
