@@ -180,6 +180,28 @@ def _server_tls(ca_path: Path, cert_path: Path, key_path: Path) -> ssl.SSLContex
     return ctx
 
 
+def _filter_unreachable_clients(loop: asyncio.AbstractEventLoop) -> None:
+    """amqtt also leaves the task of a QoS 1 delivery that timed out (the client was killed
+    or cut off) unretrieved, so asyncio logs it with a traceback. Log those as one warning
+    line; every other unhandled error still goes to the previous handler."""
+    previous = loop.get_exception_handler()
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        error = context.get("exception")
+        future = context.get("future")
+        coro = getattr(future, "get_coro", lambda: None)() if future is not None else None
+        module = getattr(getattr(coro, "cr_code", None), "co_filename", "")
+        if isinstance(error, TimeoutError) and "/amqtt/" in module:
+            log.warning("MQTT delivery timed out (client unreachable?): %s", error)
+            return
+        if previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handle)
+
+
 def _quiet_library_logs() -> None:
     """amqtt and transitions log every connection at INFO; keep them at WARNING unless an
     entry point chose a level for them."""
@@ -240,6 +262,7 @@ class EmbeddedBroker:
         if self._server is not None:
             raise RuntimeError("the embedded broker is already running")
         _quiet_library_logs()
+        _filter_unreachable_clients(asyncio.get_running_loop())
         self._tls = await asyncio.to_thread(
             _server_tls, self.ca_path, self.cert_path, self.key_path
         )
