@@ -30,6 +30,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class PortTaken(RuntimeError):
+    pass
+
+
 @dataclass
 class Server:
     data_dir: Path
@@ -38,6 +42,7 @@ class Server:
     mqtt_port: int = field(default_factory=free_port)
     broker: str = "embedded"
     mosquitto: Any = None
+    started: bool = False
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
 
@@ -86,6 +91,20 @@ class Server:
     def start(self, timeout: float = 30) -> None:
         if self.broker == "mosquitto" and self.mosquitto is None:
             self.start_mosquitto()
+        for attempt in range(3):
+            try:
+                self._start(timeout)
+                return
+            except PortTaken:
+                # Another process took a "free" port before the server bound it. Only a
+                # first start may move; a restart must keep the URL the agents know.
+                if attempt == 2 or self.started:
+                    raise
+                self.port = free_port()
+                if self.broker == "embedded":
+                    self.mqtt_port = free_port()
+
+    def _start(self, timeout: float) -> None:
         self.log_path = self.data_dir.parent / f"server-{self.port}.log"
         env = {
             **os.environ,
@@ -112,12 +131,16 @@ class Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.log()}")
+                log = self.log()
+                if "address already in use" in (log.splitlines() or [""])[-1]:
+                    raise PortTaken(log)
+                raise RuntimeError(f"server exited: {log}")
             try:
                 if (
                     self.ca.exists()
                     and requests.get(f"{self.url}/healthz", verify=str(self.ca), timeout=2).ok
                 ):
+                    self.started = True
                     return
             except requests.RequestException:
                 pass
