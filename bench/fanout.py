@@ -186,7 +186,7 @@ async def run(args: argparse.Namespace) -> int:
                 await close_mqtt(conns)
             log(f"floor {exchange.summary()} (connects untimed: {connect.summary()})")
             floors.append(exchange)
-        floor = min(f.seconds for f in floors)
+        floor = min((f.seconds for f in floors), default=float("nan"))
         floor_errors = sum(f.errors for f in floors)
 
         seconds = await fleet.start(2, batch=args.batch)
