@@ -12,9 +12,10 @@ from aiohttp import web
 from edge_server import api
 from edge_server.api.middleware import errors
 from edge_server.channel import Channel, ChannelSettings
-from edge_server.keys import CA, CA_PEM, CHANNEL, REGISTER_LIMITER, SETTINGS, STORE
+from edge_server.keys import CA, CA_PEM, CHANNEL, REGISTER_LIMITER, SESSIONS, SETTINGS, STORE
 from edge_server.pki import MQTT_IDENTITY, Pki
 from edge_server.ratelimit import FailureLimiter
+from edge_server.sessions import NoSessionControl
 from edge_server.settings import Settings
 from edge_server.store import Store
 from edge_server.store import devices as devices_store
@@ -115,6 +116,7 @@ def create_app(settings: Settings) -> web.Application:
     app[CA] = ca
     app[CA_PEM] = ca.pem
     app[REGISTER_LIMITER] = FailureLimiter(settings.register_failures_per_minute)
+    app[SESSIONS] = NoSessionControl()
     app.cleanup_ctx.append(_store)
     app.cleanup_ctx.append(_broker)
     app.cleanup_ctx.append(_channel)

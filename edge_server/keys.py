@@ -6,6 +6,7 @@ from aiohttp import web
 
 from edge_server.channel import Channel
 from edge_server.ratelimit import FailureLimiter
+from edge_server.sessions import SessionControl
 from edge_server.settings import Settings
 from edge_server.store import Store
 from registration.identity import CertificateAuthority
@@ -16,3 +17,4 @@ CA = web.AppKey("ca", CertificateAuthority)
 CA_PEM = web.AppKey("ca_pem", str)
 REGISTER_LIMITER = web.AppKey("register_limiter", FailureLimiter)
 CHANNEL = web.AppKey("channel", Channel)
+SESSIONS = web.AppKey("sessions", SessionControl)
