@@ -56,3 +56,11 @@ class UnsupportedMediaType(ServerError):
 class TooManyRequests(ServerError):
     status = 429
     code = "too_many_requests"
+
+
+class StorageFull(ServerError):
+    """The disk under the data dir is full: the write was refused whole, nothing of it kept.
+    507 Insufficient Storage (RFC 4918); the server recovers by itself once space is freed."""
+
+    status = 507
+    code = "storage_full"

@@ -1,40 +1,84 @@
-"""Failure rate limiting per client address, so registration secrets cannot be guessed."""
+"""Failure rate limiting per client address, so registration secrets cannot be guessed.
+
+Memory stays bounded whatever the number of source addresses: the table holds at most
+``max_addresses`` entries, each with at most ``limit`` timestamps. Entries are kept in order
+of their last failure, so expired ones are dropped from the front as new ones arrive, and
+when the table is full of live entries the one idle longest makes room. IPv6 clients are
+counted per /64, the block one host usually holds, so spraying from one block of addresses
+does not escape the limit or fill the table.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import time
-from collections import deque
+from collections import OrderedDict, deque
 
 from edge_server.errors import TooManyRequests
+
+MAX_ADDRESSES = 10_000
+
+
+def client_key(address: str) -> str:
+    """The address as counted: IPv4 as is (IPv4-mapped IPv6 too), IPv6 by its /64."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
 class FailureLimiter:
     """Allows at most ``limit`` failures per ``window`` seconds from one address; past that,
     every attempt from the address is refused until old failures age out."""
 
-    def __init__(self, limit: int, window: float = 60.0) -> None:
+    def __init__(
+        self, limit: int, window: float = 60.0, max_addresses: int = MAX_ADDRESSES
+    ) -> None:
         self.limit = limit
         self.window = window
-        self._failures: dict[str, deque[float]] = {}
+        self.max_addresses = max_addresses
+        # address -> its last ``limit`` failure times; ordered by the last failure, oldest first
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
 
-    def _recent(self, address: str, now: float) -> deque[float]:
-        failures = self._failures.setdefault(address, deque())
-        while failures and failures[0] <= now - self.window:
-            failures.popleft()
-        return failures
+    def __len__(self) -> int:
+        return len(self._failures)
+
+    def _expire(self, now: float) -> None:
+        while self._failures:
+            address, failures = next(iter(self._failures.items()))
+            if failures[-1] > now - self.window:
+                return
+            del self._failures[address]
 
     def check(self, address: str) -> None:
         now = time.monotonic()
-        failures = self._recent(address, now)
-        if len(failures) >= self.limit:
-            retry = int(failures[0] + self.window - now) + 1
-            raise TooManyRequests(
-                f"more than {self.limit} failed registrations in {int(self.window)}s from "
-                f"{address}; retry in {retry}s",
-                code="rate_limited",
-            )
-        if not failures:
-            self._failures.pop(address, None)
+        self._expire(now)
+        failures = self._failures.get(client_key(address))
+        if failures is None or len(failures) < self.limit:
+            return
+        if failures[0] <= now - self.window:
+            return
+        retry = int(failures[0] + self.window - now) + 1
+        raise TooManyRequests(
+            f"more than {self.limit} failed registrations in {int(self.window)}s from "
+            f"{address}; retry in {retry}s",
+            code="rate_limited",
+        )
 
     def record_failure(self, address: str) -> None:
-        self._recent(address, time.monotonic()).append(time.monotonic())
+        now = time.monotonic()
+        self._expire(now)
+        key = client_key(address)
+        failures = self._failures.get(key)
+        if failures is None:
+            while len(self._failures) >= self.max_addresses:
+                self._failures.popitem(last=False)
+            failures = self._failures[key] = deque(maxlen=self.limit)
+        else:
+            self._failures.move_to_end(key)
+        failures.append(now)

@@ -64,14 +64,16 @@ def spec_hash(spec: Spec) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-_LAYERS: weakref.WeakKeyDictionary[Database, tuple[tuple[Any, ...], list[Layer]]] = (
+_LAYERS: weakref.WeakKeyDictionary[Database, tuple[tuple[int, bytes], list[Layer]]] = (
     weakref.WeakKeyDictionary()
 )
 
 
 def load_layers(db: Database) -> list[Layer]:
     """The groups, parsed. Registration recomputes one spec at a time, so the parsed groups
-    are kept per connection until the groups table changes (its version says when)."""
+    are kept per connection until the groups table changes: ``groups_store.version`` is a
+    counter bumped by every group write, with a tag drawn anew each time, so neither a clock
+    step nor a same-size edit nor a rolled-back write can leave a stale entry here."""
     version = groups_store.version(db)
     cached = _LAYERS.get(db)
     if cached is not None and cached[0] == version:

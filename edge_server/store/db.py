@@ -5,29 +5,45 @@ for the writer thread, which runs queued jobs in one transaction, each inside it
 savepoint: a job that raises is rolled back alone and its caller gets the exception; the
 others commit together. A caller's future resolves only after COMMIT, so a reply sent after
 ``write`` returns describes durable state.
+
+A full disk refuses whole transactions: SQLite rolls the batch back, each caller gets
+:class:`StorageFull` (507), one warning is logged per interval however many writes fail, and
+:attr:`Store.storage_full` stays set until a write commits again (:meth:`Store.probe` tries one).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeGuard, TypeVar
 
 from sqlite_utils import Database
 
+from edge_server.errors import StorageFull
 from edge_server.store.migrations import migrate
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 MAX_BATCH = 128
+FULL_LOG_INTERVAL = 60.0
+
+
+def is_storage_full(error: BaseException) -> TypeGuard[sqlite3.Error]:
+    """SQLite's own verdict: SQLITE_FULL, or the WAL index (-shm) could not grow."""
+    if not isinstance(error, sqlite3.Error):
+        return False
+    code = error.sqlite_errorcode
+    return code & 0xFF == sqlite3.SQLITE_FULL or code == sqlite3.SQLITE_IOERR_SHMSIZE
 
 
 def connect(path: Path) -> Database:
@@ -51,9 +67,68 @@ class _Job:
 _STOP = object()
 
 
-class Store:
-    def __init__(self, path: Path, readers: int = 2) -> None:
+class _TransactionLost(Exception):
+    """SQLite rolled the whole transaction back under a job (a full disk, an I/O error)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class DiskFull:
+    """The full-disk state the writer keeps: since when, and how many writes were refused.
+    One warning per ``interval``, however many writes fail; one info line on recovery."""
+
+    def __init__(self, path: Path, interval: float) -> None:
         self.path = path
+        self.interval = interval
+        self.since: float | None = None
+        self._logged_at: float | None = None
+        self._refused = 0
+
+    def refuse(self, cause: sqlite3.Error) -> StorageFull:
+        now = time.monotonic()
+        if self.since is None:
+            self.since = now
+        self._refused += 1
+        if self._logged_at is None or now - self._logged_at >= self.interval:
+            log.warning(
+                "storage full: %d write(s) refused since the last report (%s: %s); free "
+                "space there and writes resume by themselves; next report in %ds at most",
+                self._refused,
+                self.path,
+                cause,
+                int(self.interval),
+            )
+            self._logged_at = now
+            self._refused = 0
+        error = StorageFull(
+            "the server's disk is full: nothing of this request was saved; retry after the "
+            "operator frees space"
+        )
+        error.__cause__ = cause
+        return error
+
+    def committed(self) -> None:
+        if self.since is None:
+            return
+        log.info(
+            "storage writable again after %.0fs (%d more write(s) refused since the last warning)",
+            time.monotonic() - self.since,
+            self._refused,
+        )
+        self.since = None
+        self._logged_at = None
+        self._refused = 0
+
+
+class Store:
+    def __init__(
+        self, path: Path, readers: int = 2, full_log_interval: float = FULL_LOG_INTERVAL
+    ) -> None:
+        self.path = path
+        self.disk_full = DiskFull(path, full_log_interval)
+        self._probing: asyncio.Future[None] | None = None
         self._queue: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="db-read")
@@ -82,6 +157,28 @@ class Store:
         future: asyncio.Future[T] = loop.create_future()
         self._queue.put(_Job(fn, future, loop))
         return await future
+
+    @property
+    def storage_full(self) -> bool:
+        """True from a write refused for lack of space until a write commits again."""
+        return self.disk_full.since is not None
+
+    async def probe(self) -> bool:
+        """While storage is known full, try one small durable write (concurrent callers share
+        it); True when storage is writable."""
+        if not self.storage_full:
+            return True
+        if self._probing is None:
+            self._probing = asyncio.ensure_future(self.write(_probe))
+            self._probing.add_done_callback(self._probed)
+        with contextlib.suppress(StorageFull):
+            await asyncio.shield(self._probing)
+        return not self.storage_full
+
+    def _probed(self, future: asyncio.Future[None]) -> None:
+        self._probing = None
+        if not future.cancelled():
+            future.exception()  # retrieved: a failed probe is the answer, not an error
 
     async def read(self, fn: Callable[[Database], T]) -> T:
         loop = asyncio.get_running_loop()
@@ -131,20 +228,53 @@ class Store:
                 try:
                     value = job.fn(db)
                 except Exception as e:  # noqa: BLE001 - handed to the caller, not swallowed
+                    if not conn.in_transaction:
+                        raise _TransactionLost(e) from e
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
-                    results.append((job, False, e))
+                    results.append((job, False, self._refusal(e)))
                 else:
                     conn.execute("RELEASE job")
                     results.append((job, True, value))
             conn.execute("COMMIT")
-        except sqlite3.Error as e:
-            log.exception("write transaction failed; %d jobs fail with it", len(batch))
+        except (sqlite3.Error, _TransactionLost) as e:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            results = [(job, False, e) for job in batch]
+            error = e.error if isinstance(e, _TransactionLost) else e
+            results = self._batch_failed(error, batch, results)
+        else:
+            self.disk_full.committed()
         for job, ok, value in results:
             job.loop.call_soon_threadsafe(_settle, job.future, ok, value)
+
+    def _refusal(self, error: Exception) -> Exception:
+        """A job's own error, or :class:`StorageFull` when SQLite ran out of space under it."""
+        if is_storage_full(error):
+            return self.disk_full.refuse(error)
+        return error
+
+    def _batch_failed(
+        self, error: Exception, batch: list[_Job], done: list[tuple[_Job, bool, Any]]
+    ) -> list[tuple[_Job, bool, Any]]:
+        """Nothing of the batch committed. Jobs that failed on their own keep their error; the
+        others get the transaction's (:class:`StorageFull` for a full disk, one each)."""
+        own = {id(job): value for job, ok, value in done if not ok}
+        if not is_storage_full(error):
+            log.error("write transaction failed; %d jobs fail with it", len(batch), exc_info=error)
+        results: list[tuple[_Job, bool, Any]] = []
+        for job in batch:
+            if id(job) in own:
+                results.append((job, False, own[id(job)]))
+            elif is_storage_full(error):
+                results.append((job, False, self.disk_full.refuse(error)))
+            else:
+                results.append((job, False, error))
+        return results
+
+
+def _probe(db: Database) -> None:
+    """A one-row write that must reach the disk at COMMIT."""
+    db.execute("INSERT OR REPLACE INTO storage_probe (id, at) VALUES (1, ?)", (time.time(),))
 
 
 def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:

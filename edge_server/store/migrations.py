@@ -1,16 +1,27 @@
-"""Numbered schema migrations. Each runs in its own transaction and is recorded once."""
+"""Numbered schema migrations, run by sqlite-utils' :class:`~sqlite_utils.Migrations`.
+
+Each migration runs in its own transaction together with the record of it in
+``_sqlite_migrations``: one that fails leaves nothing behind and stays pending. Scripts go
+through ``Database.executescript``, which inside a transaction cuts them into complete
+statements with ``sqlite3.complete_statement`` (so a ``;`` in a string literal or a trigger
+body stays where it is) instead of committing first as ``sqlite3``'s own does.
+"""
 
 from __future__ import annotations
 
+import datetime
 import logging
 
-from sqlite_utils import Database
+from sqlite_utils import Database, Migrations
 
 log = logging.getLogger(__name__)
 
-MIGRATIONS: list[tuple[int, str]] = [
-    (
-        1,
+migrations = Migrations("corral")
+
+
+@migrations(name="0001_initial")
+def _initial(db: Database) -> None:
+    db.executescript(
         """
         CREATE TABLE users (
             id INTEGER PRIMARY KEY,
@@ -76,10 +87,13 @@ MIGRATIONS: list[tuple[int, str]] = [
             target TEXT NOT NULL,
             detail TEXT NOT NULL DEFAULT '{}'
         );
-        """,
-    ),
-    (
-        2,
+        """
+    )
+
+
+@migrations(name="0002_desired_state")
+def _desired_state(db: Database) -> None:
+    db.executescript(
         """
         CREATE TABLE groups (
             name TEXT PRIMARY KEY,
@@ -113,35 +127,74 @@ MIGRATIONS: list[tuple[int, str]] = [
             via TEXT NOT NULL,
             PRIMARY KEY (device_id, seq)
         ) WITHOUT ROWID;
-        """,
-    ),
-]
-
-
-def migrate(db: Database) -> int:
-    """Apply pending migrations; returns the schema version. Safe to call on every start."""
-    db.execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations"
-        " (version INTEGER PRIMARY KEY, applied_at REAL)"
+        """
     )
-    done = {row["version"] for row in db.query("SELECT version FROM schema_migrations")}
-    for version, script in MIGRATIONS:
-        if version in done:
-            continue
-        log.info("applying migration %s", version)
-        conn = db.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for statement in script.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            conn.execute(
-                "INSERT INTO schema_migrations (version, applied_at)"
-                " VALUES (?, unixepoch('subsec'))",
-                (version,),
-            )
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-    return max((v for v, _ in MIGRATIONS), default=0)
+
+
+@migrations(name="0003_groups_version")
+def _groups_version(db: Database) -> None:
+    """One counter for the whole groups table, bumped by every insert, update and delete
+    (triggers, so no write path can forget it). ``tag`` is drawn anew at each bump: a
+    number reused after a rolled-back write never matches a spec cache filled inside it."""
+    db.executescript(
+        """
+        CREATE TABLE groups_version (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            version INTEGER NOT NULL,
+            tag BLOB NOT NULL
+        );
+        INSERT INTO groups_version (id, version, tag) VALUES (1, 1, randomblob(8));
+        CREATE TRIGGER groups_version_insert AFTER INSERT ON groups BEGIN
+            UPDATE groups_version SET version = version + 1, tag = randomblob(8);
+        END;
+        CREATE TRIGGER groups_version_update AFTER UPDATE ON groups BEGIN
+            UPDATE groups_version SET version = version + 1, tag = randomblob(8);
+        END;
+        CREATE TRIGGER groups_version_delete AFTER DELETE ON groups BEGIN
+            UPDATE groups_version SET version = version + 1, tag = randomblob(8);
+        END;
+        """
+    )
+
+
+@migrations(name="0004_storage_probe")
+def _storage_probe(db: Database) -> None:
+    """One row the writer rewrites to find out whether a full disk has space again."""
+    db.executescript(
+        "CREATE TABLE storage_probe (id INTEGER PRIMARY KEY CHECK (id = 1), at REAL NOT NULL)"
+    )
+
+
+# Before sqlite-utils' Migrations, applied versions were recorded in ``schema_migrations``.
+_LEGACY_NAMES = {1: "0001_initial", 2: "0002_desired_state"}
+
+
+def _adopt_legacy_record(db: Database) -> None:
+    """Move a database's old ``schema_migrations`` record into ``_sqlite_migrations``."""
+    if "schema_migrations" not in db.table_names():
+        return
+    with db.atomic():
+        migrations.ensure_migrations_table(db)
+        applied = {m.name for m in migrations.applied(db)}
+        table = db.table(Migrations.migrations_table)
+        for row in db.query("SELECT version FROM schema_migrations ORDER BY version"):
+            name = _LEGACY_NAMES[row["version"]]
+            if name not in applied:
+                table.insert(
+                    {
+                        "migration_set": migrations.name,
+                        "name": name,
+                        "applied_at": str(datetime.datetime.now(datetime.UTC)),
+                    }
+                )
+        db.execute("DROP TABLE schema_migrations")
+
+
+def migrate(db: Database, steps: Migrations = migrations) -> list[str]:
+    """Apply pending migrations; returns their names. Safe to call on every start."""
+    _adopt_legacy_record(db)
+    pending = [m.name for m in steps.pending(db)]
+    for name in pending:
+        log.info("applying migration %s", name)
+    steps.apply(db)
+    return pending
