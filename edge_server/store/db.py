@@ -77,13 +77,17 @@ class _TransactionLost(Exception):
 
 class DiskFull:
     """The full-disk state the writer keeps: since when, and how many writes were refused.
-    One warning per ``interval``, however many writes fail; one info line on recovery."""
+
+    At most one warning per ``interval`` however many writes fail, and one info line when a
+    write commits again after a warning, so a disk hovering at the brim cannot flood the log.
+    """
 
     def __init__(self, path: Path, interval: float) -> None:
         self.path = path
         self.interval = interval
         self.since: float | None = None
-        self._logged_at: float | None = None
+        self._warned_at: float | None = None
+        self._warned = False
         self._refused = 0
 
     def refuse(self, cause: sqlite3.Error) -> StorageFull:
@@ -91,7 +95,7 @@ class DiskFull:
         if self.since is None:
             self.since = now
         self._refused += 1
-        if self._logged_at is None or now - self._logged_at >= self.interval:
+        if self._warned_at is None or now - self._warned_at >= self.interval:
             log.warning(
                 "storage full: %d write(s) refused since the last report (%s: %s); free "
                 "space there and writes resume by themselves; next report in %ds at most",
@@ -100,7 +104,8 @@ class DiskFull:
                 cause,
                 int(self.interval),
             )
-            self._logged_at = now
+            self._warned_at = now
+            self._warned = True
             self._refused = 0
         error = StorageFull(
             "the server's disk is full: nothing of this request was saved; retry after the "
@@ -110,16 +115,17 @@ class DiskFull:
         return error
 
     def committed(self) -> None:
-        if self.since is None:
-            return
-        log.info(
-            "storage writable again after %.0fs (%d more write(s) refused since the last warning)",
-            time.monotonic() - self.since,
-            self._refused,
-        )
+        """A transaction that changed rows reached the disk."""
+        if self.since is not None and self._warned:
+            log.info(
+                "storage writable again after %.0fs (%d more write(s) refused since the "
+                "last report)",
+                time.monotonic() - self.since,
+                self._refused,
+            )
+            self._warned = False
+            self._refused = 0
         self.since = None
-        self._logged_at = None
-        self._refused = 0
 
 
 class Store:
@@ -223,8 +229,10 @@ class Store:
         results: list[tuple[_Job, bool, Any]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
+            wrote = False
             for job in batch:
                 conn.execute("SAVEPOINT job")
+                changes = conn.total_changes
                 try:
                     value = job.fn(db)
                 except Exception as e:  # noqa: BLE001 - handed to the caller, not swallowed
@@ -236,6 +244,7 @@ class Store:
                 else:
                     conn.execute("RELEASE job")
                     results.append((job, True, value))
+                    wrote = wrote or conn.total_changes != changes
             conn.execute("COMMIT")
         except (sqlite3.Error, _TransactionLost) as e:
             if conn.in_transaction:
@@ -243,7 +252,8 @@ class Store:
             error = e.error if isinstance(e, _TransactionLost) else e
             results = self._batch_failed(error, batch, results)
         else:
-            self.disk_full.committed()
+            if wrote:
+                self.disk_full.committed()
         for job, ok, value in results:
             job.loop.call_soon_threadsafe(_settle, job.future, ok, value)
 

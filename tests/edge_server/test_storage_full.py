@@ -3,8 +3,10 @@ recovery on its own once space comes back. A real server process on a real 3 MB 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
+import logging
 import os
 import sqlite3
 import subprocess
@@ -13,7 +15,10 @@ from pathlib import Path
 
 import pytest
 import requests
+from sqlite_utils import Database
 
+from edge_server.errors import Conflict, StorageFull
+from edge_server.store import Store
 from tests.support import Machine, Server, free_port
 
 pytestmark = [
@@ -142,3 +147,61 @@ def test_full_disk_answers_507_logs_once_degrades_healthz_and_recovers(tmp_path:
             assert db.execute("SELECT count(*) FROM groups").fetchone()[0] == 1
         finally:
             db.close()
+
+
+async def test_the_writer_warns_once_per_interval_keeps_jobs_own_errors_and_recovers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="edge_server.store.db")
+    with small_tmpfs(tmp_path / "data") as data:
+        store = Store(data / "s.db", full_log_interval=0.5)
+        await store.start()
+        try:
+            await store.write(lambda db: db.execute("CREATE TABLE t (v TEXT NOT NULL)"))
+
+            def insert(db: Database) -> None:
+                db.execute("INSERT INTO t (v) VALUES (?)", ("x" * 3000,))
+
+            def refuse(db: Database) -> None:
+                insert(db)
+                raise Conflict("this job's own verdict")
+
+            await asyncio.to_thread(fill, data / "filler")
+            stored = 0
+            with pytest.raises(StorageFull):
+                for _ in range(1000):
+                    await store.write(insert)
+                    stored += 1
+            assert store.storage_full
+
+            outcomes = await asyncio.gather(
+                *(store.write(insert) for _ in range(30)),
+                store.write(refuse),
+                return_exceptions=True,
+            )
+            assert all(isinstance(o, StorageFull) for o in outcomes[:-1]), outcomes
+            assert isinstance(outcomes[-1], Conflict)
+
+            def warnings() -> list[str]:
+                return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+            assert len(warnings()) == 1, warnings()
+            await asyncio.sleep(0.6)
+            with pytest.raises(StorageFull):
+                await store.write(insert)
+            assert len(warnings()) == 2, warnings()
+            assert "31 write(s) refused" in warnings()[1]
+            assert await store.probe() is False
+
+            (data / "filler").unlink()
+            assert await store.probe() is True
+            assert not store.storage_full
+            assert any("storage writable again" in r.getMessage() for r in caplog.records)
+            await store.write(insert)
+            stored += 1
+            count = await store.read(lambda db: db.execute("SELECT count(*) FROM t").fetchone())
+            assert count[0] == stored
+            check = await store.read(lambda db: db.execute("PRAGMA integrity_check").fetchone())
+            assert check[0] == "ok"
+        finally:
+            await store.close()
