@@ -7,6 +7,7 @@ leaves nothing behind (its savepoint is rolled back).
 
 from __future__ import annotations
 
+import datetime as dt
 import secrets
 import time
 from dataclasses import dataclass
@@ -86,6 +87,7 @@ def _commit(
     req: Checked,
     api_url: str,
     mqtt_url: str | None,
+    cert_lifetime: dt.timedelta,
 ) -> tuple[list[specs.Change], RegisterResponse]:
     # 1. The token: known, right secret, not revoked, not expired.
     row = tokens_store.get_with_secret(db, req.token.token_id)
@@ -119,7 +121,7 @@ def _commit(
     token_labels = templating.render_labels(dict(row["labels"]), values)
     # 4. The certificate, with its serial recorded.
     serial = identity.new_serial()
-    cert = ca.issue_device(device_id, req.public_key, serial)
+    cert = ca.issue_device(device_id, req.public_key, serial, cert_lifetime)
     # 5. The record.
     devices_store.upsert(
         db,
@@ -178,7 +180,8 @@ async def register(
     doc: RegisterRequest,
     api_url: str,
     mqtt_url: str | None = None,
+    cert_lifetime: dt.timedelta = identity.DEVICE_CERT_LIFETIME,
 ) -> tuple[list[specs.Change], RegisterResponse]:
     """Returns the spec changes (for nudges) and the answer for the device."""
     checked = check_request(doc, ca.fingerprint)
-    return await store.write(lambda db: _commit(db, ca, checked, api_url, mqtt_url))
+    return await store.write(lambda db: _commit(db, ca, checked, api_url, mqtt_url, cert_lifetime))
