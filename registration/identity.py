@@ -23,8 +23,6 @@ SERVER_CERT_LIFETIME = dt.timedelta(days=825)
 #: How far back ``notBefore`` is set, for clocks a little behind; at most a tenth of the
 #: lifetime, so that a short test lifetime is not mostly in the past.
 BACKDATE = dt.timedelta(minutes=5)
-#: Renew a certificate once this fraction of its lifetime has passed.
-RENEW_AT = 2 / 3
 ALLOWED_CURVES = (ec.SECP256R1, ec.SECP384R1)
 MAX_CSR_BYTES = 8192
 
@@ -263,12 +261,6 @@ class CertificateAuthority:
             )
             .sign(self.key, hashes.SHA256())
         )
-
-
-def renewal_due(cert: x509.Certificate) -> dt.datetime:
-    """When a certificate should be renewed: once ``RENEW_AT`` of its lifetime has passed."""
-    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
-    return start + (end - start) * RENEW_AT
 
 
 def same_public_key(cert: x509.Certificate, key: PrivateKey) -> bool:
