@@ -7,8 +7,7 @@ import datetime as dt
 import socket
 import ssl
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from registration import identity
 from registration.desired import nudge_topic
 from tests.conftest import make_server
 from tests.mqtt_support import mosquitto_sub
+from tests.node_image.test_agent_run import wait_until
 from tests.support import Machine, Server, free_port
 
 LIFETIME = 60  # seconds: the short device certificate lifetime these tests set
@@ -169,15 +169,6 @@ def served_certificate(port: int, ca: Path) -> x509.Certificate:
         der = tls.getpeercert(binary_form=True)
     assert der is not None
     return x509.load_der_x509_certificate(der)
-
-
-def wait_until(what: str, check: Callable[[], Any], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
-    return value
 
 
 def near_expiry_server(tmp_path: Path, seconds: int) -> tuple[Server, int, int]:
