@@ -17,6 +17,7 @@ from sqlite_utils import Database
 
 from edge_server import specs
 from edge_server.errors import BadRequest, Conflict, Unauthorized
+from edge_server.ops.certificates import issue_and_record
 from edge_server.store import Store
 from edge_server.store import devices as devices_store
 from edge_server.store import state as state_store
@@ -119,10 +120,7 @@ def _commit(
     values = templating.context(req.doc.facts, req.doc.labels)
     name = templating.render_name(str(row["name_template"]), values, device_id[4:12])
     token_labels = templating.render_labels(dict(row["labels"]), values)
-    # 4. The certificate, with its serial recorded.
-    serial = identity.new_serial()
-    cert = ca.issue_device(device_id, req.public_key, serial, cert_lifetime)
-    # 5. The record.
+    # 4. The record.
     devices_store.upsert(
         db,
         DeviceWrite(
@@ -141,13 +139,9 @@ def _commit(
         ),
         operator=operator_labels,
     )
-    devices_store.add_certificate(
-        db,
-        serial,
-        device_id,
-        cert.not_valid_before_utc.timestamp(),
-        cert.not_valid_after_utc.timestamp(),
-    )
+    # 5. The certificate, with its serial recorded.
+    cert = issue_and_record(db, ca, device_id, req.public_key, cert_lifetime)
+    serial = cert.serial_number
     changes = specs.recompute(db, [device_id])
     if existing is not None and not changes:
         state = state_store.get(db, device_id)

@@ -48,6 +48,25 @@ async def renew_device_certificate(
     )
 
 
+def issue_and_record(
+    db: Database,
+    ca: identity.CertificateAuthority,
+    device_id: str,
+    public_key: ec.EllipticCurvePublicKey,
+    lifetime: dt.timedelta,
+) -> x509.Certificate:
+    """Sign a device certificate and record its serial: registration and renewal both do."""
+    cert = ca.issue_device(device_id, public_key, identity.new_serial(), lifetime)
+    devices_store.add_certificate(
+        db,
+        cert.serial_number,
+        device_id,
+        cert.not_valid_before_utc.timestamp(),
+        cert.not_valid_after_utc.timestamp(),
+    )
+    return cert
+
+
 def _commit(
     db: Database,
     ca: identity.CertificateAuthority,
@@ -68,17 +87,11 @@ def _commit(
     device = devices_store.get(db, device_id)
     if device is None or device["public_key_sha256"] is None:
         raise Forbidden(f"device {device_id} was deleted or reset", code="certificate_revoked")
-    # 2. The new certificate, for the same device id.
-    serial = identity.new_serial()
-    cert = ca.issue_device(device_id, public_key, serial, lifetime)
-    # 3. Its serial recorded (the deny-list covers it from now on), and a new key remembered.
-    devices_store.add_certificate(
-        db,
-        serial,
-        device_id,
-        cert.not_valid_before_utc.timestamp(),
-        cert.not_valid_after_utc.timestamp(),
-    )
+    # 2. The new certificate, for the same device id, its serial recorded (the deny-list
+    #    covers it from now on).
+    cert = issue_and_record(db, ca, device_id, public_key, lifetime)
+    serial = cert.serial_number
+    # 3. A new key remembered: the same machine registering again is known by it.
     key_sha = identity.public_key_fingerprint(public_key)
     new_key = key_sha != device["public_key_sha256"]
     if new_key:

@@ -20,6 +20,7 @@ from edge_server.pki import MQTT_IDENTITY, Pki, write_public
 from registration import identity
 from registration.desired import nudge_topic
 from tests.conftest import make_server
+from tests.edge_server.test_devices import whoami
 from tests.mqtt_support import mosquitto_sub
 from tests.node_image.test_agent_run import wait_until
 from tests.support import Machine, Server, free_port
@@ -57,15 +58,6 @@ def renew(
     return requests.post(
         f"{server.url}/api/v1/devices/{device_id}/certificate",
         json={"csr": csr.decode() if isinstance(csr, bytes) else csr},
-        cert=cert,
-        verify=str(server.ca),
-        timeout=30,
-    )
-
-
-def whoami(server: Server, device_id: str, cert: tuple[str, str]) -> requests.Response:
-    return requests.get(
-        f"{server.url}/api/v1/devices/{device_id}/whoami",
         cert=cert,
         verify=str(server.ca),
         timeout=30,

@@ -16,6 +16,7 @@ import requests
 
 from registration import identity
 from tests.conftest import make_server
+from tests.edge_server.test_devices import whoami
 from tests.node_image.test_agent_run import config, device, set_group, wait_until, write_seed
 from tests.support import Server, start_agent
 
@@ -35,15 +36,6 @@ def short_lived(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Serv
 def certificates(server: Server, device_id: str) -> list[dict[str, Any]]:
     listed: list[dict[str, Any]] = device(server, device_id)["certificates"]
     return listed
-
-
-def whoami(server: Server, device_id: str, cert: Path, key: Path) -> requests.Response:
-    return requests.get(
-        f"{server.url}/api/v1/devices/{device_id}/whoami",
-        cert=(str(cert), str(key)),
-        verify=str(server.ca),
-        timeout=30,
-    )
 
 
 def test_agent_renews_after_two_thirds_and_the_old_certificate_lasts_until_expiry(
@@ -91,11 +83,11 @@ def test_agent_renews_after_two_thirds_and_the_old_certificate_lasts_until_expir
         )
         assert new_serial in {c["serial"] for c in certificates(server, device_id)}
         assert json.loads((state / "identity.json").read_text())["serial"] == new_serial
-        assert whoami(server, device_id, state / "device.pem", key).status_code == 200
+        assert whoami(server, device_id, (str(state / "device.pem"), str(key))).status_code == 200
 
         # The old certificate still works until it expires...
         assert time.time() < old_cert.not_valid_after_utc.timestamp(), "test too slow"
-        response = whoami(server, device_id, old, key)
+        response = whoami(server, device_id, (str(old), str(key)))
         assert response.status_code == 200 and response.json()["serial"] == str(
             old_cert.serial_number
         )
@@ -112,7 +104,7 @@ def test_agent_renews_after_two_thirds_and_the_old_certificate_lasts_until_expir
         # Once the old certificate has expired, TLS refuses it; the agent carries on.
         time.sleep(max(0.0, old_cert.not_valid_after_utc.timestamp() - time.time() + 1))
         with pytest.raises(requests.exceptions.ConnectionError):  # TLS 1.3: an alert, then EOF
-            whoami(server, device_id, old, key)
+            whoami(server, device_id, (str(old), str(key)))
         set_group(server, "shop", "", config(("/etc/shop.conf", "v2", 0o600)))
         wait_until(
             "generation 2 acknowledged",
