@@ -4,6 +4,7 @@ renews its own HTTPS and MQTT client certificates while it runs."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import socket
 import ssl
 import subprocess
@@ -268,3 +269,22 @@ def test_certificates_near_expiry_at_start_are_renewed_before_serving(tmp_path: 
         assert Pki(server.data_dir / "pki").mqtt_client_serial() != client_serial
     finally:
         server.stop_all()
+
+
+def test_lifetimes_come_from_flags_env_and_config_and_bad_ones_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "config.json").write_text(
+        json.dumps({"device_cert_lifetime": "90d", "server_cert_check_interval": "6h"})
+    )
+    monkeypatch.setenv("CORRAL_SERVER_CERT_RENEW_BEFORE", "14d")
+    loaded = settings.load(data_dir=str(tmp_path))
+    assert loaded.device_cert_lifetime == dt.timedelta(days=90)
+    assert loaded.server_cert_renew_before == dt.timedelta(days=14)
+    assert loaded.server_cert_check_interval == dt.timedelta(hours=6)
+    flagged = settings.load(data_dir=str(tmp_path), device_cert_lifetime="45s")
+    assert flagged.device_cert_lifetime == dt.timedelta(seconds=45)
+    for bad in ("never", "soon", "-5d"):
+        monkeypatch.setenv("CORRAL_DEVICE_CERT_LIFETIME", bad)
+        with pytest.raises(settings.SettingsError, match="device_cert_lifetime"):
+            settings.load(data_dir=str(tmp_path))

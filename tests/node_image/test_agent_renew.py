@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -123,3 +125,29 @@ def test_agent_renews_after_two_thirds_and_the_old_certificate_lasts_until_expir
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_waiting_for_renewal_does_not_import_cryptography(tmp_path: Path) -> None:
+    """An idle agent reads its certificate's validity with the standard library: importing
+    cryptography would cost every agent ~9 MB of RSS (bench/agent_idle.py)."""
+    ca = identity.CertificateAuthority.create()
+    key = identity.generate_key()
+    cert = ca.issue_device("dev-1", key.public_key(), identity.new_serial())
+    (tmp_path / "device.pem").write_bytes(identity.cert_to_pem(cert))
+    script = (
+        "import sys; from pathlib import Path\n"
+        "import node_image.agent.daemon\n"
+        "from node_image.agent import renew\n"
+        "from node_image.agent.state import StateDir\n"
+        f"v = renew.validity(StateDir(Path({str(tmp_path)!r})))\n"
+        "print(v.not_before.timestamp(), v.not_after.timestamp())\n"
+        "print(sorted(m for m in sys.modules if m.startswith('cryptography'))[:3])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    ).stdout.splitlines()
+    assert out[0].split() == [
+        str(cert.not_valid_before_utc.timestamp()),
+        str(cert.not_valid_after_utc.timestamp()),
+    ]
+    assert out[1] == "[]"
