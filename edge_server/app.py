@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 from aiohttp import web
 
@@ -87,13 +88,10 @@ async def _channel(app: web.Application) -> AsyncIterator[None]:
     await app[STORE].write(state_store.mark_all_offline)
     app[CHANNEL] = channel
     app[SERVER_CERTS].on_mqtt_client_renewed(channel.reconnect)
-    task = asyncio.create_task(channel.run(), name="mqtt-channel")
     try:
-        yield
+        async with _background(channel.run(), "mqtt-channel"):
+            yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
         await channel.close()
 
 
@@ -105,7 +103,14 @@ async def _server_certificates(app: web.Application) -> AsyncIterator[None]:
         settings.server_cert_renew_before,
         settings.server_cert_check_interval,
     )
-    task = asyncio.create_task(renewing, name="server-cert-renewal")
+    async with _background(renewing, "server-cert-renewal"):
+        yield
+
+
+@contextlib.asynccontextmanager
+async def _background(work: Coroutine[Any, Any, None], name: str) -> AsyncIterator[None]:
+    """Run ``work`` as a task for the duration of the block; cancel it on the way out."""
+    task = asyncio.create_task(work, name=name)
     try:
         yield
     finally:
