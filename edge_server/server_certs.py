@@ -59,10 +59,9 @@ class ServerCertificates:
         while True:
             try:
                 renewal, serial = await asyncio.to_thread(self._renew, names, renew_before)
-            except (OSError, ValueError, RegistrationError) as e:
-                log.error("cannot renew the server's certificates: %s; next try in %s", e, every)
-            else:
                 self._apply(renewal, serial)
+            except (OSError, ValueError, RegistrationError) as e:  # ssl.SSLError is an OSError
+                log.error("cannot renew the server's certificates: %s; next try in %s", e, every)
             await asyncio.sleep(every.total_seconds())
 
     def _renew(self, names: list[str], renew_before: dt.timedelta) -> tuple[Renewal, int]:
