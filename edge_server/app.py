@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 from aiohttp import web
 
@@ -15,6 +16,7 @@ from edge_server.channel import Channel, ChannelSettings
 from edge_server.keys import CA, CA_PEM, CHANNEL, REGISTER_LIMITER, SESSIONS, SETTINGS, STORE
 from edge_server.pki import MQTT_IDENTITY, Pki
 from edge_server.ratelimit import FailureLimiter
+from edge_server.server_certs import SERVER_CERTS, ServerCertificates
 from edge_server.sessions import NoSessionControl
 from edge_server.settings import Settings
 from edge_server.store import Store
@@ -43,11 +45,11 @@ async def _broker(app: web.Application) -> AsyncIterator[None]:
 
     pki = Pki(settings.pki_dir)
     store = app[STORE]
-    server_serial = pki.mqtt_client_serial()
+    certs = app[SERVER_CERTS]
 
     async def is_revoked(serial: int, cn: str) -> bool:
         if cn == MQTT_IDENTITY:
-            return serial != server_serial
+            return serial not in certs.mqtt_client_serials
         row = await store.read(lambda db: devices_store.certificate(db, serial))
         return row is None or row["revoked_at"] is not None or row["device_id"] != cn
 
@@ -61,6 +63,7 @@ async def _broker(app: web.Application) -> AsyncIterator[None]:
         server_identity=MQTT_IDENTITY,
     )
     await broker.start()
+    certs.on_server_renewed(broker.reload_certificate)
     log.info("embedded MQTT broker on %s", broker.url)
     try:
         yield
@@ -84,14 +87,36 @@ async def _channel(app: web.Application) -> AsyncIterator[None]:
     )
     await app[STORE].write(state_store.mark_all_offline)
     app[CHANNEL] = channel
-    task = asyncio.create_task(channel.run(), name="mqtt-channel")
+    app[SERVER_CERTS].on_mqtt_client_renewed(channel.reconnect)
+    try:
+        async with _background(channel.run(), "mqtt-channel"):
+            yield
+    finally:
+        await channel.close()
+
+
+async def _server_certificates(app: web.Application) -> AsyncIterator[None]:
+    """Renew the server's own certificates while it runs (``server_certs``)."""
+    settings = app[SETTINGS]
+    renewing = app[SERVER_CERTS].keep_renewed(
+        settings.server_names(),
+        settings.server_cert_renew_before,
+        settings.server_cert_check_interval,
+    )
+    async with _background(renewing, "server-cert-renewal"):
+        yield
+
+
+@contextlib.asynccontextmanager
+async def _background(work: Coroutine[Any, Any, None], name: str) -> AsyncIterator[None]:
+    """Run ``work`` as a task for the duration of the block; cancel it on the way out."""
+    task = asyncio.create_task(work, name=name)
     try:
         yield
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        await channel.close()
 
 
 async def _blocking_guard(app: web.Application) -> AsyncIterator[None]:
@@ -117,9 +142,11 @@ def create_app(settings: Settings) -> web.Application:
     app[CA_PEM] = ca.pem
     app[REGISTER_LIMITER] = FailureLimiter(settings.register_failures_per_minute)
     app[SESSIONS] = NoSessionControl()
+    app[SERVER_CERTS] = ServerCertificates(pki)
     app.cleanup_ctx.append(_store)
     app.cleanup_ctx.append(_broker)
     app.cleanup_ctx.append(_channel)
+    app.cleanup_ctx.append(_server_certificates)
     app.cleanup_ctx.append(_blocking_guard)
     app.add_routes(api.routes())
     return app

@@ -29,7 +29,7 @@ def prepare(settings: Settings) -> AdminCredentials | None:
     """Idempotent. Returns the admin's credentials only on the very first start."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     settings.data_dir.chmod(0o700)
-    Pki(settings.pki_dir).ensure(settings.server_names())
+    Pki(settings.pki_dir).ensure(settings.server_names(), settings.server_cert_renew_before)
     write_public(
         settings.client_config_path,
         json.dumps({"url": settings.local_url, "ca": str(settings.pki_dir / "ca.pem")}).encode(),

@@ -247,6 +247,11 @@ class EmbeddedBroker:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"mqtts://{host}:{self.port}"
 
+    def reload_certificate(self) -> None:
+        """Serve the certificate now in ``cert_path`` on new handshakes (after a renewal)."""
+        if self._tls is not None:
+            self._tls.load_cert_chain(self.cert_path, self.key_path)
+
     def _amqtt_config(self) -> dict[str, Any]:
         policy = {"policy": self._key}
         return {

@@ -146,10 +146,10 @@ class Channel:
 
     async def run(self) -> None:
         """Connect, subscribe, consume; reconnect forever with capped, jittered backoff."""
-        tls = await asyncio.to_thread(self._tls)
         delay = 0.5
         while True:
             try:
+                tls = await asyncio.to_thread(self._tls)  # the certificate on disk now
                 async with self._client_for(tls) as client:
                     for topic in self._subscriptions():
                         await client.subscribe(topic, qos=1)
@@ -173,6 +173,13 @@ class Channel:
                 self._connected.clear()
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))  # noqa: S311 - jitter
             delay = min(delay * 2, 10.0)
+
+    def reconnect(self) -> None:
+        """Drop the connection; :meth:`run` connects again with the certificate on disk now
+        (after a renewal). aiomqtt has no public call that ends a live session."""
+        client = self._client
+        if client is not None:
+            client._client.disconnect()  # noqa: SLF001
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)

@@ -6,11 +6,11 @@ import datetime as dt
 import logging
 import os
 import ssl
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
 
-from edge_server.settings import Settings
 from registration import identity
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,14 @@ def write_public(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+@dataclass(frozen=True)
+class Renewal:
+    """Which of the server's own certificates :meth:`Pki.renew` re-issued."""
+
+    server: bool = False
+    mqtt_client: bool = False
+
+
 class Pki:
     def __init__(self, directory: Path) -> None:
         self.dir = directory
@@ -46,8 +54,11 @@ class Pki:
         self.mqtt_client_cert_path = directory / "mqtt-client.pem"
         self.mqtt_client_key_path = directory / "mqtt-client-key.pem"
 
-    def ensure(self, names: list[str]) -> identity.CertificateAuthority:
-        """Create the CA on first start; (re)issue the server certificate when names change."""
+    def ensure(
+        self, names: list[str], renew_before: dt.timedelta = RENEW_BEFORE
+    ) -> identity.CertificateAuthority:
+        """Create the CA on first start; (re)issue the server certificate when names change;
+        renew the server's certificates that are within ``renew_before`` of expiry."""
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         if self.ca_key_path.exists():
             ca = self.load_ca()
@@ -67,7 +78,33 @@ class Pki:
             cert = ca.issue_client(key, MQTT_IDENTITY)
             write_private(self.mqtt_client_key_path, identity.key_to_pem(key))
             write_public(self.mqtt_client_cert_path, identity.cert_to_pem(cert))
+        self.renew(names, renew_before)
         return ca
+
+    def renew(self, names: list[str], renew_before: dt.timedelta) -> Renewal:
+        """Re-issue the server certificate and the MQTT client certificate that expire within
+        ``renew_before``, each for its existing key: only the certificate file changes, in
+        one atomic rename, so the key and certificate on disk always match. Blocking."""
+        server = self._expires_within(self.server_cert_path, renew_before)
+        mqtt_client = self._expires_within(self.mqtt_client_cert_path, renew_before)
+        if server or mqtt_client:
+            ca = self.load_ca()
+        if server:
+            key = identity.key_from_pem(self.server_key_path.read_bytes())
+            cert = ca.issue_server(key, names)
+            write_public(self.server_cert_path, identity.cert_to_pem(cert))
+            log.info("renewed the server certificate: serial %x", cert.serial_number)
+        if mqtt_client:
+            key = identity.key_from_pem(self.mqtt_client_key_path.read_bytes())
+            cert = ca.issue_client(key, MQTT_IDENTITY)
+            write_public(self.mqtt_client_cert_path, identity.cert_to_pem(cert))
+            log.info("renewed the MQTT client certificate: serial %x", cert.serial_number)
+        return Renewal(server=server, mqtt_client=mqtt_client)
+
+    @staticmethod
+    def _expires_within(path: Path, window: dt.timedelta) -> bool:
+        cert = identity.cert_from_pem(path.read_bytes())
+        return cert.not_valid_after_utc - dt.datetime.now(dt.UTC) < window
 
     def mqtt_client_serial(self) -> int:
         return identity.cert_from_pem(self.mqtt_client_cert_path.read_bytes()).serial_number
@@ -79,11 +116,10 @@ class Pki:
         )
 
     def _server_cert_stale(self, names: list[str]) -> bool:
+        """Missing, or not covering every name the server answers to."""
         if not (self.server_cert_path.exists() and self.server_key_path.exists()):
             return True
         cert = identity.cert_from_pem(self.server_cert_path.read_bytes())
-        if cert.not_valid_after_utc - dt.datetime.now(dt.UTC) < RENEW_BEFORE:
-            return True
         try:
             san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         except x509.ExtensionNotFound:
@@ -101,7 +137,3 @@ class Pki:
         ctx.load_verify_locations(self.ca_cert_path)
         ctx.verify_mode = ssl.CERT_OPTIONAL
         return ctx
-
-
-def for_settings(settings: Settings) -> Pki:
-    return Pki(settings.pki_dir)

@@ -7,6 +7,7 @@ leaves nothing behind (its savepoint is rolled back).
 
 from __future__ import annotations
 
+import datetime as dt
 import secrets
 import time
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from sqlite_utils import Database
 
 from edge_server import specs
 from edge_server.errors import BadRequest, Conflict, Unauthorized
+from edge_server.ops.certificates import issue_and_record
 from edge_server.store import Store
 from edge_server.store import devices as devices_store
 from edge_server.store import state as state_store
@@ -86,6 +88,7 @@ def _commit(
     req: Checked,
     api_url: str,
     mqtt_url: str | None,
+    cert_lifetime: dt.timedelta,
 ) -> tuple[list[specs.Change], RegisterResponse]:
     # 1. The token: known, right secret, not revoked, not expired.
     row = tokens_store.get_with_secret(db, req.token.token_id)
@@ -117,10 +120,7 @@ def _commit(
     values = templating.context(req.doc.facts, req.doc.labels)
     name = templating.render_name(str(row["name_template"]), values, device_id[4:12])
     token_labels = templating.render_labels(dict(row["labels"]), values)
-    # 4. The certificate, with its serial recorded.
-    serial = identity.new_serial()
-    cert = ca.issue_device(device_id, req.public_key, serial)
-    # 5. The record.
+    # 4. The record.
     devices_store.upsert(
         db,
         DeviceWrite(
@@ -139,13 +139,9 @@ def _commit(
         ),
         operator=operator_labels,
     )
-    devices_store.add_certificate(
-        db,
-        serial,
-        device_id,
-        cert.not_valid_before_utc.timestamp(),
-        cert.not_valid_after_utc.timestamp(),
-    )
+    # 5. The certificate, with its serial recorded.
+    cert = issue_and_record(db, ca, device_id, req.public_key, cert_lifetime)
+    serial = cert.serial_number
     changes = specs.recompute(db, [device_id])
     if existing is not None and not changes:
         state = state_store.get(db, device_id)
@@ -178,7 +174,8 @@ async def register(
     doc: RegisterRequest,
     api_url: str,
     mqtt_url: str | None = None,
+    cert_lifetime: dt.timedelta = identity.DEVICE_CERT_LIFETIME,
 ) -> tuple[list[specs.Change], RegisterResponse]:
     """Returns the spec changes (for nudges) and the answer for the device."""
     checked = check_request(doc, ca.fingerprint)
-    return await store.write(lambda db: _commit(db, ca, checked, api_url, mqtt_url))
+    return await store.write(lambda db: _commit(db, ca, checked, api_url, mqtt_url, cert_lifetime))

@@ -6,6 +6,7 @@ Precedence, highest first: command-line flags, ``CORRAL_*`` environment variable
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import socket
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge_server.cli import duration
 from edge_server.errors import ServerError
 
 DEFAULT_LISTEN = "0.0.0.0:8443"  # noqa: S104 - devices on the LAN must reach the appliance
@@ -40,6 +42,12 @@ class Settings:
     mqtt_public_url: str | None = None
     mqtt_share_group: str = "corral"
     mqtt_crl_path: Path | None = None
+    #: How long a device certificate is valid; agents renew it after two thirds.
+    device_cert_lifetime: dt.timedelta = dt.timedelta(days=365)
+    #: The server renews its own certificates (HTTPS, MQTT client) this close to expiry,
+    server_cert_renew_before: dt.timedelta = dt.timedelta(days=30)
+    #: checking at start and then this often.
+    server_cert_check_interval: dt.timedelta = dt.timedelta(days=1)
 
     @property
     def embedded_broker(self) -> bool:
@@ -121,6 +129,18 @@ def _env_int(name: str, default: int) -> int:
         raise SettingsError(f"{name} must be an integer, got {raw!r}") from e
 
 
+def _duration(name: str, flag: str | None, config: dict[str, Any], default: str) -> dt.timedelta:
+    """A duration (``90s``, ``24h``, ``365d``) from a flag, ``CORRAL_<NAME>`` or the config."""
+    raw = flag or os.environ.get(f"CORRAL_{name.upper()}") or config.get(name) or default
+    try:
+        seconds = duration.parse(str(raw))
+    except ServerError as e:
+        raise SettingsError(f"{name}: {e.detail}") from e
+    if seconds is None:
+        raise SettingsError(f"{name} must be a duration like 90s, 24h or 365d, not {raw!r}")
+    return dt.timedelta(seconds=seconds)
+
+
 def load(
     data_dir: str | None = None,
     listen: str | None = None,
@@ -129,6 +149,7 @@ def load(
     mqtt_listen: str | None = None,
     mqtt_url: str | None = None,
     mqtt_public_url: str | None = None,
+    device_cert_lifetime: str | None = None,
 ) -> Settings:
     """Build the settings once, from flags (arguments), environment and the config file."""
     root = Path(data_dir or os.environ.get("CORRAL_DATA_DIR") or DEFAULT_DATA_DIR).absolute()
@@ -176,4 +197,9 @@ def load(
         or external.get("share_group")
         or "corral",
         mqtt_crl_path=Path(external["crl"]) if external.get("crl") else None,
+        device_cert_lifetime=_duration(
+            "device_cert_lifetime", device_cert_lifetime, config, "365d"
+        ),
+        server_cert_renew_before=_duration("server_cert_renew_before", None, config, "30d"),
+        server_cert_check_interval=_duration("server_cert_check_interval", None, config, "1d"),
     )

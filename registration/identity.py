@@ -17,9 +17,12 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from registration.errors import CSRError, FingerprintMismatch
 
-DEVICE_CERT_DAYS = 365
+DEVICE_CERT_LIFETIME = dt.timedelta(days=365)
 CA_DAYS = 3650
-SERVER_CERT_DAYS = 825
+SERVER_CERT_LIFETIME = dt.timedelta(days=825)
+#: How far back ``notBefore`` is set, for clocks a little behind; at most a tenth of the
+#: lifetime, so that a short test lifetime is not mostly in the past.
+BACKDATE = dt.timedelta(minutes=5)
 ALLOWED_CURVES = (ec.SECP256R1, ec.SECP384R1)
 MAX_CSR_BYTES = 8192
 
@@ -168,8 +171,14 @@ class CertificateAuthority:
         return cls(cert, key)
 
     def _builder(
-        self, subject: x509.Name, public_key: ec.EllipticCurvePublicKey, serial: int, days: int
+        self,
+        subject: x509.Name,
+        public_key: ec.EllipticCurvePublicKey,
+        serial: int,
+        lifetime: dt.timedelta,
     ) -> x509.CertificateBuilder:
+        if lifetime <= dt.timedelta(0):
+            raise ValueError(f"certificate lifetime must be positive, not {lifetime}")
         now = _now()
         return (
             x509.CertificateBuilder()
@@ -177,8 +186,8 @@ class CertificateAuthority:
             .issuer_name(self.cert.subject)
             .public_key(public_key)
             .serial_number(serial)
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=days))
+            .not_valid_before(now - min(BACKDATE, lifetime / 10))
+            .not_valid_after(now + lifetime)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(self._authority_key_id, critical=False)
         )
@@ -193,7 +202,11 @@ class CertificateAuthority:
         return cert_to_pem(self.cert).decode()
 
     def issue_device(
-        self, device_id: str, public_key: ec.EllipticCurvePublicKey, serial: int
+        self,
+        device_id: str,
+        public_key: ec.EllipticCurvePublicKey,
+        serial: int,
+        lifetime: dt.timedelta = DEVICE_CERT_LIFETIME,
     ) -> x509.Certificate:
         """A client certificate whose CN is the device id."""
         subject = x509.Name(
@@ -203,22 +216,31 @@ class CertificateAuthority:
             ]
         )
         return (
-            self._builder(subject, public_key, serial, DEVICE_CERT_DAYS)
+            self._builder(subject, public_key, serial, lifetime)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
             .sign(self.key, hashes.SHA256())
         )
 
-    def issue_client(self, key: PrivateKey, common_name: str) -> x509.Certificate:
+    def issue_client(
+        self,
+        key: PrivateKey,
+        common_name: str,
+        lifetime: dt.timedelta = SERVER_CERT_LIFETIME,
+    ) -> x509.Certificate:
         """A client certificate for a service identity (the server's own MQTT client)."""
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
         return (
-            self._builder(subject, key.public_key(), new_serial(), SERVER_CERT_DAYS)
+            self._builder(subject, key.public_key(), new_serial(), lifetime)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
             .sign(self.key, hashes.SHA256())
         )
 
     def issue_server(
-        self, key: PrivateKey, names: list[str], common_name: str = "corral-server"
+        self,
+        key: PrivateKey,
+        names: list[str],
+        common_name: str = "corral-server",
+        lifetime: dt.timedelta = SERVER_CERT_LIFETIME,
     ) -> x509.Certificate:
         """A TLS server certificate for these DNS names and IP addresses."""
         sans: list[x509.GeneralName] = []
@@ -229,7 +251,7 @@ class CertificateAuthority:
                 sans.append(x509.DNSName(name))
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
         return (
-            self._builder(subject, key.public_key(), new_serial(), SERVER_CERT_DAYS)
+            self._builder(subject, key.public_key(), new_serial(), lifetime)
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
             .add_extension(
                 x509.ExtendedKeyUsage(
@@ -239,6 +261,13 @@ class CertificateAuthority:
             )
             .sign(self.key, hashes.SHA256())
         )
+
+
+def same_public_key(cert: x509.Certificate, key: PrivateKey) -> bool:
+    cert_key = cert.public_key()
+    return isinstance(cert_key, ec.EllipticCurvePublicKey) and public_key_fingerprint(
+        cert_key
+    ) == public_key_fingerprint(key.public_key())
 
 
 def new_serial() -> int:

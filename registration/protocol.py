@@ -116,6 +116,21 @@ class RegisterResponse(Document):
     created: bool
 
 
+class CertificateRenewRequest(Document):
+    """A device asks for a new certificate (mTLS with its current one), same key or new."""
+
+    csr: str = Field(max_length=8192)
+
+
+class CertificateRenewResponse(Document):
+    certificate: str
+    ca: str
+    serial: str
+    #: Unix seconds: the new certificate's validity.
+    not_before: float
+    not_after: float
+
+
 class TokenCreate(Document):
     """A registration token. Label values are templates, rendered at registration."""
 

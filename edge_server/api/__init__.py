@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from edge_server.api import api_tokens, devices, groups, health, openapi, register, tokens
+from edge_server.api import (
+    api_tokens,
+    certificates,
+    devices,
+    groups,
+    health,
+    openapi,
+    register,
+    tokens,
+)
 
 
 def routes() -> list[web.RouteDef]:
@@ -13,6 +22,7 @@ def routes() -> list[web.RouteDef]:
         *register.routes,
         *tokens.routes,
         *devices.routes,
+        *certificates.routes,
         *groups.routes,
         *api_tokens.routes,
         *openapi.routes,

@@ -10,7 +10,14 @@ from edge_server.api.api_tokens import ApiTokenCreate
 from edge_server.api.groups import GroupCreate, GroupUpdate
 from edge_server.api.http import json_response
 from registration.desired import SpecPatch, StatusBatch
-from registration.protocol import LabelPatch, RegisterRequest, RegisterResponse, TokenCreate
+from registration.protocol import (
+    CertificateRenewRequest,
+    CertificateRenewResponse,
+    LabelPatch,
+    RegisterRequest,
+    RegisterResponse,
+    TokenCreate,
+)
 
 routes = web.RouteTableDef()
 
@@ -122,6 +129,14 @@ OPERATIONS: list[tuple[str, str, str, list[Any], str | None, str]] = [
         "StatusBatch",
         "200",
     ),
+    (
+        "post",
+        "/api/v1/devices/{device_id}/certificate",
+        "Renew the device's certificate from a CSR (mTLS); the old one stays valid until expiry",
+        DEVICE,
+        "CertificateRenewRequest",
+        "200",
+    ),
     ("get", "/api/v1/stats", "Channel counters", OPERATOR, None, "200"),
     (
         "post",
@@ -195,6 +210,8 @@ def _schemas() -> dict[str, Any]:
         StatusBatch,
         GroupCreate,
         GroupUpdate,
+        CertificateRenewRequest,
+        CertificateRenewResponse,
     ):
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))

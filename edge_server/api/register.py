@@ -32,6 +32,7 @@ async def register(request: web.Request) -> web.Response:
             doc,
             api_url=settings.public_url or f"{request.scheme}://{request.host}",
             mqtt_url=settings.device_mqtt_url(request.host),
+            cert_lifetime=settings.device_cert_lifetime,
         )
     except (ServerError, RegistrationError):
         limiter.record_failure(address)

@@ -22,7 +22,7 @@ from aiohttp import web
 from edge_server import bootstrap
 from edge_server.app import create_app
 from edge_server.cli.serve import add_mqtt_arguments, announce, settings_from_args
-from edge_server.pki import Pki
+from edge_server.server_certs import SERVER_CERTS
 from edge_server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ async def demo(settings: Settings, count: int) -> None:
     app = create_app(settings)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=10)
     await runner.setup()
-    ssl_context = await asyncio.to_thread(Pki(settings.pki_dir).server_ssl_context)
+    ssl_context = app[SERVER_CERTS].https
     site = web.TCPSite(runner, settings.host or None, settings.port, ssl_context=ssl_context)
     await site.start()
     stop = asyncio.Event()

@@ -14,6 +14,7 @@ from aiohttp import web
 from edge_server import bootstrap
 from edge_server.app import create_app
 from edge_server.pki import Pki
+from edge_server.server_certs import SERVER_CERTS
 from edge_server.settings import Settings, load
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,9 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
         "--san", action="append", default=[], help="extra name or IP for the server certificate"
     )
     p.add_argument("--public-url", help="the URL devices use to reach this server")
+    p.add_argument(
+        "--device-cert-lifetime", help="how long device certificates last (default 365d)"
+    )
     add_mqtt_arguments(p)
     p.set_defaults(func=run)
 
@@ -49,6 +53,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         mqtt_listen=args.mqtt_listen,
         mqtt_url=args.mqtt_url,
         mqtt_public_url=args.mqtt_public_url,
+        device_cert_lifetime=getattr(args, "device_cert_lifetime", None),
     )
 
 
@@ -91,7 +96,7 @@ async def serve_until_signalled(settings: Settings) -> None:
         runner,
         host=settings.host or None,
         port=settings.port,
-        ssl_context=Pki(settings.pki_dir).server_ssl_context(),
+        ssl_context=app[SERVER_CERTS].https,
         backlog=1024,
     )
     stop = asyncio.Event()

@@ -182,6 +182,14 @@ def certificates_of(db: Database, device_id: str) -> list[dict[str, Any]]:
     )
 
 
+def set_public_key(db: Database, device_id: str, public_key_sha256: str) -> None:
+    """A renewal with a new key: the same machine registering again is known by it."""
+    db.execute(
+        "UPDATE devices SET public_key_sha256 = ?, updated_at = ? WHERE id = ?",
+        (public_key_sha256, time.time(), device_id),
+    )
+
+
 def revoke_certificates(db: Database, device_id: str) -> int:
     cur = db.execute(
         "UPDATE certificates SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL",

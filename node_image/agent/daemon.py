@@ -28,6 +28,7 @@ from pydantic import ValidationError
 
 from node_image.agent.outbox import Outbox
 from node_image.agent.reconcilers import Reconciler, build
+from node_image.agent.renew import keep_renewed
 from node_image.agent.seed import Seed
 from node_image.agent.settings import AgentSettings, AgentStatus, Identity
 from node_image.agent.state import StateDir, read_json
@@ -184,6 +185,9 @@ class Agent:
             tasks = [
                 asyncio.create_task(self._worker(link), name=f"agent-worker-{name}"),
                 asyncio.create_task(self._flusher(link), name=f"agent-flusher-{name}"),
+                asyncio.create_task(
+                    keep_renewed(self.state, name, link.api, link.mqtt), name=f"agent-renew-{name}"
+                ),
             ]
             if link.mqtt is not None:
                 tasks.append(asyncio.create_task(link.mqtt.run(), name=f"agent-mqtt-{name}"))

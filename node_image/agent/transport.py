@@ -35,6 +35,7 @@ from registration.desired import (
     presence_topic,
     status_topic,
 )
+from registration.protocol import CertificateRenewRequest, CertificateRenewResponse
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,27 @@ class ApiClient:
             return StatusAck.model_validate_json(reply)
         except ValidationError as e:
             raise ApiError(f"the server sent a status ack that does not validate: {e}") from e
+
+    async def renew_certificate(self, csr: str) -> CertificateRenewResponse:
+        """``POST …/certificate``: a new certificate for ``csr``, signed while the current one
+        is still valid (mTLS with it)."""
+        body = CertificateRenewRequest(csr=csr).model_dump_json().encode()
+        headers = {"Content-Type": "application/json"}
+        status, _, reply = await self._call("POST", "/certificate", body, headers)
+        self._check(status, reply, "POST certificate")
+        try:
+            return CertificateRenewResponse.model_validate_json(reply)
+        except ValidationError as e:
+            raise ApiError(f"the server sent a certificate that does not validate: {e}") from e
+
+    async def reload_certificate(self, cert: Path, key: Path) -> None:
+        """Present the certificate now in ``cert`` from the next handshake on: it is loaded
+        into the TLS context (which MQTT shares), and the kept-alive connection is dropped."""
+        async with self._lock:
+            await asyncio.to_thread(self._context.load_cert_chain, str(cert), str(key))
+            if self._conn is not None:
+                await asyncio.to_thread(self._conn.close)
+                self._conn = None
 
     async def close(self) -> None:
         async with self._lock:
@@ -304,6 +326,13 @@ class MqttChannel:
             )
         except aiomqtt.MqttError as e:
             log.info("presence offline not published: %s", e)
+
+    def reconnect(self) -> None:
+        """End the current connection; :meth:`run` connects again, with the certificate now
+        in the TLS context (after a renewal). aiomqtt has no public call for this."""
+        client = self._client
+        if client is not None:
+            client._client.disconnect()  # noqa: SLF001
 
     async def _session(self, backoff: Backoff) -> None:
         client = _Client(
