@@ -40,7 +40,7 @@ Str256 = Annotated[str, Field(max_length=256)]
 # What the label checks enforce, for the JSON Schema of a label map.
 LABELS_SCHEMA: dict[str, Any] = {
     "maxProperties": MAX_LABELS,
-    "propertyNames": {"pattern": LABEL_KEY_PATTERN, "maxLength": 316},
+    "propertyNames": {"pattern": LABEL_KEY_PATTERN},
     "additionalProperties": {"type": "string", "pattern": LABEL_VALUE_PATTERN},
 }
 

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import pytest
 import requests
 
-from tests.conftest import make_server
 from tests.support import Machine, Server
 
 
@@ -25,14 +24,9 @@ class Device:
 
 
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = make_server(
-        tmp_path_factory.mktemp("hostile"), CORRAL_REGISTER_FAILURES_PER_MINUTE="100000"
-    )
-    try:
-        yield server
-    finally:
-        server.stop_all()
+def srv(shared_server: Server) -> Server:
+    """One server for the module (its log must stay free of tracebacks: see conftest)."""
+    return shared_server
 
 
 @pytest.fixture(scope="module")
