@@ -81,7 +81,7 @@ def _depth_ok(value: Any, limit: int) -> bool:
     return True
 
 
-def loads(data: bytes | str) -> Any:
+def loads(data: bytes | bytearray | str) -> Any:
     """Decode untrusted JSON: strict numbers (no NaN, no Infinity, nothing that overflows to
     infinity) and at most :data:`MAX_JSON_DEPTH` levels of nesting. Raises :class:`InvalidJson`."""
     try:

@@ -30,7 +30,7 @@ async def read_json(request: web.Request, max_bytes: int | None = None) -> Any:
         body += chunk
         if len(body) > limit:
             raise PayloadTooLarge(f"body exceeds {limit} bytes")
-    return protocol.loads(bytes(body))
+    return protocol.loads(body)
 
 
 SPEC_BODY_BYTES = 4 * 1024 * 1024

@@ -302,3 +302,37 @@ def test_status_event_models_refuse_what_json_decoding_would_let_through() -> No
         with pytest.raises(ValidationError):
             StatusEvent.model_validate(bad)
     StatusEvent.model_validate({"seq": 2**63 - 1, "observed_generation": 2**63 - 1, "at": 1})
+
+
+def test_hostile_status_over_mqtt_is_dropped_without_a_traceback(srv: Server, dev: Device) -> None:
+    """The MQTT status path decodes with the same rules as HTTP: deep nesting, NaN and
+    out-of-range numbers are dropped and counted, and the log gets one line each."""
+    import subprocess
+    import time
+    from pathlib import Path
+
+    from registration.desired import status_topic
+    from tests.mqtt_support import mosquitto_pub
+
+    def dropped() -> int:
+        return int(srv.api("GET", "/api/v1/stats").json()["channel"]["dropped"])
+
+    before = dropped()
+    junk = ["[" * 5000 + "]" * 5000, status_body(at="NaN"), status_body(observed_generation=BIG)]
+    for message in junk:
+        argv = mosquitto_pub(
+            srv.mqtt_port,
+            srv.ca,
+            Path(dev.cert[0]),
+            Path(dev.cert[1]),
+            status_topic(dev.device_id),
+            message,
+            client_id=dev.device_id,
+        )
+        assert subprocess.run(argv, capture_output=True, timeout=30).returncode == 0
+    deadline = time.monotonic() + 20
+    while dropped() < before + len(junk) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert dropped() == before + len(junk)
+    reported = srv.api("GET", f"/api/v1/devices/{dev.device_id}").json()["reported"]
+    assert reported["acked_seq"] == 0, reported
