@@ -15,8 +15,10 @@ from registration.protocol import LABEL_KEY_RE, LABEL_VALUE_RE
 
 Op = Literal["=", "!=", "exists", "!exists"]
 _TERM = re.compile(r"\s*(!?)\s*([^=!\s]+)\s*(?:(==|=|!=)\s*(\S*))?\s*")
-# Each term is one clause of the SQL query; SQLite refuses expression trees past 1,000 deep.
-MAX_TERMS = 100
+# Each term is one clause of the device query, and SQLite refuses expression trees past 1,000
+# deep. A group's selector (at most 1,024 characters) never has more than 512 terms, so groups
+# stored before this cap still parse.
+MAX_TERMS = 512
 
 
 @dataclass(frozen=True)
