@@ -9,6 +9,7 @@ real server against it.
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -317,6 +318,12 @@ def _schemas() -> Schemas:
     )
 
 
+def _operation_id(op: Operation) -> str:
+    """``get /api/v1/devices/{device_id}/spec`` → ``get_devices_device_id_spec``."""
+    words = re.sub(r"[^A-Za-z0-9]+", "_", op.path.removeprefix("/api/v1")).strip("_")
+    return f"{op.method}_{words}"
+
+
 def _operation(op: Operation, schemas: Schemas) -> dict[str, Any]:
     responses: dict[str, Any] = {}
     for status in op.ok:
@@ -334,7 +341,7 @@ def _operation(op: Operation, schemas: Schemas) -> dict[str, Any]:
     responses["5XX"] = _error("5XX", "Server error (507 storage_full when the disk is full)")
     out: dict[str, Any] = {
         "summary": op.summary,
-        "operationId": f"{op.method}_{op.path}",
+        "operationId": _operation_id(op),
         "security": op.security,
         "responses": responses,
     }

@@ -135,6 +135,8 @@ def test_no_schema_is_listed_twice(srv: Server) -> None:
     doc = Contract(srv).doc
     keys = [(op.method, op.path) for op in OPERATIONS]
     assert len(keys) == len(set(keys))
+    ids = [op["operationId"] for ops in doc["paths"].values() for op in ops.values()]
+    assert len(ids) == len(set(ids)) == len(keys)
     bodies = [json.dumps(s, sort_keys=True) for s in doc["components"]["schemas"].values()]
     assert len(bodies) == len(set(bodies))
 
