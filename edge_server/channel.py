@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 import ssl
@@ -29,6 +28,7 @@ from edge_server.pki import MQTT_IDENTITY
 from edge_server.specs import Change
 from edge_server.store import Store
 from edge_server.store import state as state_store
+from registration import protocol
 from registration.desired import (
     TOPIC_ROOT,
     Nudge,
@@ -212,14 +212,14 @@ class Channel:
             self.stats.drop("not_bytes")
             return
         try:
-            data = json.loads(payload)
+            data = protocol.loads(payload)
             if kind == "status":
                 await self.apply_status(device_id, StatusBatch.model_validate(data), "mqtt")
             elif kind == "presence":
                 await self._presence(device_id, Presence.model_validate(data))
             else:
                 self.stats.drop("unknown_kind")
-        except (ValueError, ValidationError) as e:
+        except (ValueError, ValidationError, protocol.InvalidJson) as e:
             self.stats.drop(f"malformed_{kind}")
             log.warning("dropped malformed %s from %s: %s", kind, device_id, str(e)[:200])
 

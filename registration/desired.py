@@ -6,14 +6,20 @@ specs, reconciles, and reports). Topics of the MQTT channel live here too.
 
 from __future__ import annotations
 
-import posixpath
+import re
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
-from registration.protocol import Document
+from registration.protocol import Count, Document
 
 MAX_CONFIG_BYTES = 256 * 1024
+
+# An absolute, normalised path: segments of anything but "/" and control characters, none of
+# them "." or "..", no "//" (POSIX keeps a leading "//", which normpath leaves alone) and no
+# trailing "/". Valid in Python (with fullmatch) and in JSON Schema.
+CONFIG_PATH_PATTERN = r"^(/(?!\.\.?(/|$))[^/\x00-\x1f\x7f]+)+$"
+_CONFIG_PATH_RE = re.compile(CONFIG_PATH_PATTERN)
 
 # MQTT topics. A device may subscribe only to its nudge topic and publish only its status
 # and presence topics; the server subscribes to every device's status and presence.
@@ -41,15 +47,18 @@ def device_of_topic(topic: str) -> tuple[str, str] | None:
 
 
 class ConfigFile(Document):
-    path: str = Field(max_length=4096)
+    path: str = Field(max_length=4096, json_schema_extra={"pattern": CONFIG_PATH_PATTERN})
     mode: int = Field(default=0o644, ge=0, le=0o7777)
     content: str = Field(default="", max_length=MAX_CONFIG_BYTES)
 
     @field_validator("path")
     @classmethod
     def _absolute_normal(cls, v: str) -> str:
-        if not v.startswith("/") or posixpath.normpath(v) != v or "\0" in v or v == "/":
-            raise ValueError(f"config path {v!r} must be absolute and normalised (no .., no //)")
+        if not _CONFIG_PATH_RE.fullmatch(v):
+            raise ValueError(
+                f"config path {v!r} must be absolute and normalised "
+                "(no . or .., no //, no trailing /, no control characters)"
+            )
         return v
 
 
@@ -92,9 +101,9 @@ class SpecDocument(Document):
     """``GET /api/v1/devices/<id>/spec``."""
 
     device_id: str
-    generation: int
+    generation: Count
     spec: Spec
-    acked_seq: int = 0
+    acked_seq: Count = 0
 
 
 ConditionStatus = Literal["Applied", "Pending", "Progressing", "Error", "Ready", "Unknown"]
@@ -110,10 +119,10 @@ class Condition(Document):
 class StatusEvent(Document):
     """One durable status event from the agent's outbox."""
 
-    seq: Annotated[int, Field(ge=1)]
-    observed_generation: Annotated[int, Field(ge=0)]
+    seq: Annotated[Count, Field(ge=1)]
+    observed_generation: Count
     conditions: list[Condition] = Field(default_factory=list, max_length=64)
-    at: float
+    at: float  # finite: Document refuses NaN and infinity
 
 
 class StatusBatch(Document):
@@ -123,15 +132,15 @@ class StatusBatch(Document):
 
 
 class StatusAck(Document):
-    acked_seq: int
-    applied: int
+    acked_seq: Count
+    applied: Count
 
 
 class Nudge(Document):
     """The retained message on a device's nudge topic. Never carries secrets."""
 
-    generation: int
-    acked_seq: int = 0
+    generation: Count
+    acked_seq: Count = 0
 
 
 class Presence(Document):

@@ -6,6 +6,8 @@ with them, so a shape changes in one place. ``PROTOCOL_VERSION`` rises on breaki
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from typing import Annotated, Any, TypeVar
 
@@ -16,29 +18,95 @@ from registration.errors import RegistrationError
 PROTOCOL_VERSION = 1
 SUPPORTED_PROTOCOLS = frozenset({1})
 
-LABEL_KEY_RE = re.compile(
+# Patterns are written for both Python (always with ``fullmatch``: ``$`` alone would accept a
+# trailing newline) and JSON Schema (ECMA), so the OpenAPI document states the same rule.
+LABEL_KEY_PATTERN = (
     r"^([A-Za-z0-9][A-Za-z0-9.-]{0,252}/)?[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$"
 )
-LABEL_VALUE_RE = re.compile(r"^([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?$")
+LABEL_VALUE_PATTERN = r"^([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?$"
+LABEL_KEY_RE = re.compile(LABEL_KEY_PATTERN)
+LABEL_VALUE_RE = re.compile(LABEL_VALUE_PATTERN)
+MAX_LABELS = 64
+# Group names, and so a token's group: no leading dot or dash, so never "." or "..".
+GROUP_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+
+# Every integer on the wire fits SQLite's signed 64-bit INTEGER.
+INT64_MAX = 2**63 - 1
+Int64 = Annotated[int, Field(ge=-(2**63), le=INT64_MAX)]
+Count = Annotated[int, Field(ge=0, le=INT64_MAX)]
 
 Str256 = Annotated[str, Field(max_length=256)]
+
+# What the label checks enforce, for the JSON Schema of a label map.
+LABELS_SCHEMA: dict[str, Any] = {
+    "maxProperties": MAX_LABELS,
+    "propertyNames": {"pattern": LABEL_KEY_PATTERN},
+    "additionalProperties": {"type": "string", "pattern": LABEL_VALUE_PATTERN},
+}
 
 
 class ProtocolError(RegistrationError):
     code = "invalid_document"
 
 
+class InvalidJson(RegistrationError):
+    code = "invalid_json"
+
+
+# No document of ours nests deeper than a handful of levels; this bound keeps hostile input
+# far from the interpreter's recursion limit in the decoder, pydantic and json.dumps.
+MAX_JSON_DEPTH = 32
+
+
+def _refuse_constant(name: str) -> Any:
+    raise InvalidJson(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise InvalidJson(f"number {text[:40]} is out of range")
+    return value
+
+
+def _depth_ok(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests at most ``limit`` arrays/objects deep (iterative, no recursion)."""
+    stack = [(value, 1)] if isinstance(value, dict | list) else []
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return False
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return True
+
+
+def loads(data: bytes | bytearray | str) -> Any:
+    """Decode untrusted JSON: strict numbers (no NaN, no Infinity, nothing that overflows to
+    infinity) and at most :data:`MAX_JSON_DEPTH` levels of nesting. Raises :class:`InvalidJson`."""
+    try:
+        value = json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError as e:
+        raise InvalidJson(f"JSON nests deeper than {MAX_JSON_DEPTH} levels") from e
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InvalidJson(f"body is not valid JSON: {e}") from e
+    if not _depth_ok(value, MAX_JSON_DEPTH):
+        raise InvalidJson(f"JSON nests deeper than {MAX_JSON_DEPTH} levels")
+    return value
+
+
 class Document(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+    # No NaN or infinity in any float field: JSON has neither, and SQLite stores inf as-is.
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def check_labels(labels: dict[str, str]) -> dict[str, str]:
-    if len(labels) > 64:
-        raise ValueError("at most 64 labels")
+    if len(labels) > MAX_LABELS:
+        raise ValueError(f"at most {MAX_LABELS} labels")
     for key, value in labels.items():
-        if not LABEL_KEY_RE.match(key):
+        if not LABEL_KEY_RE.fullmatch(key):
             raise ValueError(f"label key {key!r} is not a valid label key")
-        if not LABEL_VALUE_RE.match(value):
+        if not LABEL_VALUE_RE.fullmatch(value):
             raise ValueError(
                 f"label value {value!r} for {key!r} must be ≤63 chars of [A-Za-z0-9._-], "
                 "starting and ending alphanumeric"
@@ -47,7 +115,7 @@ def check_labels(labels: dict[str, str]) -> dict[str, str]:
 
 
 class Labelled(Document):
-    labels: dict[str, str] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict, json_schema_extra=LABELS_SCHEMA)
 
     @field_validator("labels")
     @classmethod
@@ -61,12 +129,12 @@ class Cpu(Document):
 
 
 class Memory(Document):
-    total_bytes: int = Field(ge=0)
+    total_bytes: Count
 
 
 class Disk(Document):
     name: Str256
-    size_bytes: int = Field(ge=0)
+    size_bytes: Count
     model: Str256 | None = None
     serial: Str256 | None = None
     removable: bool = False
@@ -96,7 +164,7 @@ class RegisterRequest(Labelled):
     csr: str = Field(max_length=8192)
     facts: Facts
     agent_version: Str256
-    protocol_version: int
+    protocol_version: Int64
 
 
 class Endpoints(Document):
@@ -134,10 +202,16 @@ class CertificateRenewResponse(Document):
 class TokenCreate(Document):
     """A registration token. Label values are templates, rendered at registration."""
 
-    group: str = Field(default="default", min_length=1, max_length=63, pattern=r"^[A-Za-z0-9._-]+$")
-    labels: dict[str, Annotated[str, Field(max_length=256)]] = Field(default_factory=dict)
-    ttl_seconds: int | None = Field(default=86400, ge=1)
-    max_uses: int | None = Field(default=1, ge=1)
+    group: str = Field(default="default", pattern=GROUP_NAME_PATTERN)
+    labels: dict[str, Annotated[str, Field(max_length=256)]] = Field(
+        default_factory=dict,
+        json_schema_extra={
+            "maxProperties": MAX_LABELS,
+            "propertyNames": LABELS_SCHEMA["propertyNames"],
+        },
+    )
+    ttl_seconds: int | None = Field(default=86400, ge=1, le=INT64_MAX)
+    max_uses: int | None = Field(default=1, ge=1, le=INT64_MAX)
     name_template: str = Field(default="edge-${dmi.product_uuid:8}", max_length=256)
     description: str = Field(default="", max_length=1024)
 
@@ -154,7 +228,14 @@ _T = TypeVar("_T", bound="Document")
 class LabelPatch(Document):
     """Set labels (value) or remove them (None)."""
 
-    labels: dict[str, str | None]
+    labels: dict[str, str | None] = Field(
+        json_schema_extra={
+            "propertyNames": LABELS_SCHEMA["propertyNames"],
+            "additionalProperties": {
+                "anyOf": [LABELS_SCHEMA["additionalProperties"], {"type": "null"}]
+            },
+        }
+    )
 
     @field_validator("labels")
     @classmethod

@@ -16,11 +16,11 @@ from edge_server.keys import CHANNEL, STORE
 from edge_server.store import groups as groups_store
 from edge_server.store.rows import audit
 from registration.desired import SpecPatch
-from registration.protocol import Document
+from registration.protocol import GROUP_NAME_PATTERN, Document
 
 routes = web.RouteTableDef()
 
-NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+NAME = GROUP_NAME_PATTERN
 
 
 class GroupCreate(Document):

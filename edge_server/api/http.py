@@ -16,7 +16,8 @@ M = TypeVar("M", bound=BaseModel)
 
 
 async def read_json(request: web.Request, max_bytes: int | None = None) -> Any:
-    """The request's JSON body: 415 unless JSON, 413 past the limit, 400 if it does not parse."""
+    """The request's JSON body: 415 unless JSON, 413 past the limit, 400 (``invalid_json``) if
+    it does not parse, nests too deep or holds NaN, Infinity or a number that overflows."""
     limit = max_bytes or request.app[SETTINGS].max_body_bytes
     if request.content_type != "application/json":
         raise UnsupportedMediaType(
@@ -29,10 +30,7 @@ async def read_json(request: web.Request, max_bytes: int | None = None) -> Any:
         body += chunk
         if len(body) > limit:
             raise PayloadTooLarge(f"body exceeds {limit} bytes")
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BadRequest(f"body is not valid JSON: {e}", code="invalid_json") from e
+    return protocol.loads(body)
 
 
 SPEC_BODY_BYTES = 4 * 1024 * 1024

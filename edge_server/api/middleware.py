@@ -23,8 +23,22 @@ _HTTP_CODES = {
 }
 
 
-def error_body(status: int, code: str, detail: str) -> web.Response:
-    return json_response({"error": code, "detail": detail}, status=status)
+# RFC 9110 §11.6.1: a 401 carries a challenge. Operators authenticate with a Bearer API token.
+CHALLENGE = 'Bearer realm="corral"'
+# Headers of aiohttp's own HTTP errors that describe the body, not the error: the JSON body
+# replaces them. The others (``Allow`` on a 405, for example) are kept.
+_BODY_HEADERS = frozenset({"content-type", "content-length", "content-encoding"})
+
+
+def error_body(
+    status: int, code: str, detail: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    response = json_response({"error": code, "detail": detail}, status=status)
+    if headers:
+        response.headers.update(headers)
+    if status == 401:
+        response.headers.setdefault("WWW-Authenticate", CHALLENGE)
+    return response
 
 
 @web.middleware
@@ -39,7 +53,8 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         if e.status < 400:
             raise
         code = _HTTP_CODES.get(e.status, f"http_{e.status}")
-        return error_body(e.status, code, e.reason)
+        kept = {k: v for k, v in e.headers.items() if k.lower() not in _BODY_HEADERS}
+        return error_body(e.status, code, e.reason, kept)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_body(500, "internal_error", "internal server error; see the server log")

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from edge_server import bootstrap
 from edge_server.app import create_app
-from edge_server.cli.serve import add_mqtt_arguments, announce, settings_from_args
+from edge_server.cli.serve import add_mqtt_arguments, announce, http_log, settings_from_args
 from edge_server.server_certs import SERVER_CERTS
 from edge_server.settings import Settings
 
@@ -106,7 +106,7 @@ async def demo(settings: Settings, count: int) -> None:
     from registration import tokens
 
     app = create_app(settings)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=10)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=10, logger=http_log)
     await runner.setup()
     ssl_context = app[SERVER_CERTS].https
     site = web.TCPSite(runner, settings.host or None, settings.port, ssl_context=ssl_context)

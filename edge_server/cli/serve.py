@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from edge_server import bootstrap
 from edge_server.app import create_app
@@ -18,6 +19,27 @@ from edge_server.server_certs import SERVER_CERTS
 from edge_server.settings import Settings, load
 
 log = logging.getLogger(__name__)
+
+
+class OneLineProtocolErrors(logging.Filter):
+    """Malformed HTTP (a bad request line or header, garbage after the TLS handshake) is what
+    any client on the network can send: one line each, never a traceback to flood the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            reason = " ".join(str(exc.message).split())[:160]
+            record.msg = "refused malformed HTTP from %s: %s %s"
+            record.args = (*(record.args or ()), exc.code, reason)
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+# aiohttp's request handler logs protocol errors here instead of on ``aiohttp.server``.
+http_log = logging.getLogger("edge_server.http")
+http_log.addFilter(OneLineProtocolErrors())
 
 
 def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
@@ -90,7 +112,9 @@ async def serve_until_signalled(settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT. Further signals during shutdown change nothing (make,
     systemd and shells may all send one)."""
     app = create_app(settings)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=10, keepalive_timeout=15)
+    runner = web.AppRunner(
+        app, access_log=None, shutdown_timeout=10, keepalive_timeout=15, logger=http_log
+    )
     await runner.setup()
     site = web.TCPSite(
         runner,

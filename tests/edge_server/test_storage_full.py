@@ -19,6 +19,7 @@ from sqlite_utils import Database
 
 from edge_server.errors import Conflict, StorageFull
 from edge_server.store import Store
+from tests.edge_server.test_openapi import Contract
 from tests.support import Machine, Server, free_port
 
 pytestmark = [
@@ -110,6 +111,11 @@ def test_full_disk_answers_507_logs_once_degrades_healthz_and_recovers(tmp_path:
 
             health = healthz(server)
             assert health.status_code == 503, health.text
+            contract = Contract(server)  # the degraded answers are the documented ones
+            contract.check("GET", "/healthz", health, {}, {})
+            contract.check(
+                "POST", "/api/v1/groups", server.api("POST", "/api/v1/groups", group), {}, {}
+            )
             assert health.json()["status"] == "degraded"
             assert health.json()["storage"] == "full"
 
