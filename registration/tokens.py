@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from registration.errors import TokenFormatError
 
 PREFIX = "crl1"
-_ID_RE = re.compile(r"^[a-z0-9]{10}$")
-_FP_RE = re.compile(r"^[0-9a-f]{64}$")
-_SECRET_RE = re.compile(r"^[A-Za-z0-9_-]{43}$")
+_ID_RE = re.compile(r"[a-z0-9]{10}")
+_FP_RE = re.compile(r"[0-9a-f]{64}")
+_SECRET_RE = re.compile(r"[A-Za-z0-9_-]{43}")
 MAX_TOKEN_LEN = 200
 
 
@@ -39,7 +39,7 @@ def new_token_id() -> str:
 
 def generate(ca_fingerprint: str, token_id: str | None = None) -> RegistrationToken:
     """A fresh token for the CA with this sha256 fingerprint (hex)."""
-    if not _FP_RE.match(ca_fingerprint):
+    if not _FP_RE.fullmatch(ca_fingerprint):
         raise TokenFormatError("CA fingerprint must be 64 lowercase hex characters")
     return RegistrationToken(
         ca_fingerprint=ca_fingerprint,
@@ -58,11 +58,11 @@ def parse(text: object) -> RegistrationToken:
     if len(parts) != 4 or parts[0] != PREFIX:
         raise TokenFormatError(f"token must look like {PREFIX}.<ca-sha256>.<id>.<secret>")
     _, fingerprint, token_id, secret = parts
-    if not _FP_RE.match(fingerprint):
+    if not _FP_RE.fullmatch(fingerprint):
         raise TokenFormatError("token's CA fingerprint is not 64 lowercase hex characters")
-    if not _ID_RE.match(token_id):
+    if not _ID_RE.fullmatch(token_id):
         raise TokenFormatError("token id is not 10 characters of [a-z0-9]")
-    if not _SECRET_RE.match(secret):
+    if not _SECRET_RE.fullmatch(secret):
         raise TokenFormatError("token secret is not 43 characters of base64url")
     return RegistrationToken(fingerprint, token_id, secret)
 

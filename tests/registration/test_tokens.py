@@ -36,6 +36,7 @@ def test_only_the_hash_of_the_secret_matches() -> None:
         f"crl1.{FP}.short.{'a' * 43}",
         f"crl1.{FP}.abcdefghij.{'a' * 42}",
         f"crl1.{FP}.abcdefghij.{'a' * 43}.extra",
+        f"crl1.{FP}\n.abcdefghij\n.{'a' * 43}",  # newlines inside (`$` matched before them)
         "x" * 500,
     ],
 )
