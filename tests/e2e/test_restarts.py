@@ -17,8 +17,10 @@ from node_image.agent import seed as seed_mod
 from node_image.agent.daemon import Agent, AgentSettings
 from node_image.host import SimulatedHost
 from tests.support import Server, start_agent
+from tests.waiting import wait_until
 
 FILES = 1500
+CONVERGE = 120.0  # seconds an agent gets to converge after a restart
 
 
 def set_group(server: Server, name: str, selector: str, config: list[dict[str, Any]]) -> int:
@@ -43,15 +45,6 @@ def many_files(version: str, count: int) -> list[dict[str, Any]]:
     ]
 
 
-def wait_until(what: str, check: Any, seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.mark.slow
 def test_agent_killed_mid_reconcile_resumes_and_converges(
     fleet_server: Server, tmp_path: Path
@@ -70,9 +63,9 @@ def test_agent_killed_mid_reconcile_resumes_and_converges(
 
     agent = start()
     try:
-        wait_until("registration", lambda: (state / "identity.json").exists())
+        wait_until("registration", lambda: (state / "identity.json").exists(), CONVERGE)
         device_id = json.loads((state / "identity.json").read_text())["device_id"]
-        wait_until("first convergence", lambda: device(server, device_id)["in_sync"])
+        wait_until("first convergence", lambda: device(server, device_id)["in_sync"], CONVERGE)
         caught_midway = 0
         for round_ in range(3):
             version = f"v{round_}"
@@ -85,7 +78,7 @@ def test_agent_killed_mid_reconcile_resumes_and_converges(
                 except OSError:
                     return 0
 
-            wait_until("the reconcile to start", lambda: written() > 0, seconds=60)
+            wait_until("the reconcile to start", lambda: written() > 0, timeout=60)
             time.sleep(random.uniform(0, 0.05))
             agent.kill()
             agent.wait()
@@ -98,6 +91,7 @@ def test_agent_killed_mid_reconcile_resumes_and_converges(
                 lambda g=generation: (
                     device(server, device_id)["reported"]["observed_generation"] == g
                 ),
+                CONVERGE,
             )
             names = sorted(p.name for p in app_dir.iterdir() if not p.name.startswith("."))
             assert names == [f"part-{i:04d}.conf" for i in range(count)]
@@ -111,6 +105,7 @@ def test_agent_killed_mid_reconcile_resumes_and_converges(
                 device(server, device_id)["reported"]["status_events"]["max_seq"]
                 == outbox["next_seq"] - 1
             ),
+            CONVERGE,
         )
         counts = device(server, device_id)["reported"]["status_events"]
         assert counts["events"] == counts["distinct"] == counts["max_seq"]

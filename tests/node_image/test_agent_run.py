@@ -10,7 +10,6 @@ import asyncio
 import json
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from node_image.agent import seed as seed_mod
 from node_image.agent.daemon import Agent, AgentSettings
 from node_image.host import SimulatedHost
 from tests.support import Server, start_agent
+from tests.waiting import wait_for, wait_until
 
 WAIT = 30.0
 
@@ -53,21 +53,6 @@ def device(server: Server, device_id: str) -> dict[str, Any]:
     assert response.status_code == 200, response.text
     data: dict[str, Any] = response.json()
     return data
-
-
-def wait_until(what: str, check: Callable[[], Any], timeout: float = WAIT) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
-async def wait_for(what: str, check: Callable[[], Any], seconds: float = WAIT) -> Any:
-    return await asyncio.to_thread(wait_until, what, check, seconds)
 
 
 def rootfs_file(host: SimulatedHost, path: str) -> Path:
