@@ -40,14 +40,8 @@ import asyncio  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 
+from bench import fleet_run  # noqa: E402
 from bench.fleet import Fleet  # noqa: E402
-from bench.fleet_run import (  # noqa: E402
-    add_fleet_options,
-    cpu_by_role,
-    fleet_stack,
-    log_hot_functions,
-    register_fleet,
-)
 from bench.floors import (  # noqa: E402
     FloorResult,
     close_mqtt,
@@ -69,6 +63,7 @@ from bench.report import (  # noqa: E402
 from bench.stack import Stack, file_spec, wait_converged  # noqa: E402
 
 TARGET_10K_SECONDS = 10.0
+QUICK = "100 devices, 1 round, not recorded"
 
 
 @dataclass
@@ -127,7 +122,7 @@ async def fan_out(
     rel = [t - started for t in times]
     devices = await asyncio.to_thread(stack.devices)
     in_sync = sum(1 for d in devices if d["observed_generation"] == d["generation"] == generation)
-    cpu = f"{cpu_by_role(window, fleet)}, other {other:.2f} (machine {busy:.2f} of 2 cores)"
+    cpu = fleet_run.cpu_by_role(window, fleet, other, busy)
     result = Round(
         generation,
         patched - started,
@@ -140,19 +135,18 @@ async def fan_out(
         progress.shape(),
     )
     log(result.summary())
-    log_hot_functions(profile, generation, 10)
+    fleet_run.log_hot(profile, generation, 10)
     return result
 
 
 async def run(args: argparse.Namespace) -> int:
     n = args.devices
-    stack = fleet_stack(args)
-    fleet: Fleet | None = None
     began = time.monotonic()
+    stack = await fleet_run.start_stack(args)
+    fleet: Fleet | None = None
     rounds: list[Round] = []
     try:
-        await asyncio.to_thread(stack.start)
-        fleet = await register_fleet(stack, args)
+        fleet = await fleet_run.register(stack, args)
 
         # Generation 2 before any agent runs: every device then has a retained nudge at the
         # broker (registration publishes none), which the baseline's subscriptions receive.
@@ -237,9 +231,7 @@ async def run(args: argparse.Namespace) -> int:
             f"PATCH answered after {patch:.2f} s; {middle.shape}; agents "
             f"acked p99 {p99:.2f} s; "
             f"{middle.cpu}; floor errors {floor_errors}; API in sync "
-            f"{min(r.in_sync for r in rounds)}/{n}{disturbed}; {rev}"
-            + (f"; server env {' '.join(args.server_env)}" if args.server_env else "")
-            + (f"; {args.note}" if args.note else ""),
+            f"{min(r.in_sync for r in rounds)}/{n}{disturbed}; {rev}" + fleet_run.notes(args),
         ]
     )
     log("appended a row to BENCHMARKS.md")
@@ -247,15 +239,10 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    add_fleet_options(parser)
+    parser = fleet_run.options(__doc__, QUICK)
     parser.add_argument("--rounds", type=int, help="spec changes (default 3, quick 1)")
-    parser.add_argument("--quick", action="store_true", help="100 devices, 1 round, unrecorded")
-    args = parser.parse_args(argv)
-    args.devices = args.devices or (100 if args.quick else 1000)
+    args = fleet_run.parse(parser, argv)
     args.rounds = args.rounds or (1 if args.quick else 3)
-    if args.profile:
-        args.profile.mkdir(parents=True, exist_ok=True)
     return asyncio.run(run(args))
 
 

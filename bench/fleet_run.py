@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 from pathlib import Path
 
 from bench.fleet import Fleet, fleet_root
@@ -15,7 +16,10 @@ from bench.report import log
 from bench.stack import Stack, file_spec
 
 
-def add_fleet_options(parser: argparse.ArgumentParser) -> None:
+def options(doc: str, quick: str) -> argparse.ArgumentParser:
+    """The options every fleet bench has; ``quick`` says what its ``--quick`` does."""
+    parser = argparse.ArgumentParser(description=doc.split("\n", 1)[0])
+    parser.add_argument("--quick", action="store_true", help=quick)
     parser.add_argument("--broker", choices=["embedded", "mosquitto"], default="mosquitto")
     parser.add_argument("--devices", type=int, help="default 1000 (quick: 100)")
     parser.add_argument("--threads", type=int, default=64, help="agent process executor threads")
@@ -38,17 +42,41 @@ def add_fleet_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-record", action="store_true")
     parser.add_argument("--note", default="")
+    return parser
 
 
-def fleet_stack(args: argparse.Namespace) -> Stack:
-    """The stack (not started yet), with this process's file limit raised for N devices."""
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """The options, with the common defaults filled in."""
+    args = parser.parse_args(argv)
+    args.devices = args.devices or (100 if args.quick else 1000)
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    return args
+
+
+def notes(args: argparse.Namespace) -> str:
+    """The end of a BENCHMARKS.md row's notes: the server's extra environment, --note."""
+    return (f"; server env {' '.join(args.server_env)}" if args.server_env else "") + (
+        f"; {args.note}" if args.note else ""
+    )
+
+
+async def start_stack(args: argparse.Namespace) -> Stack:
+    """The stack, started, with this process's file limit raised for N devices first (the
+    server and Mosquitto inherit it). ``close()`` it when done."""
     log(f"RLIMIT_NOFILE {raise_nofile()}; {args.devices} devices, broker {args.broker}")
     env = {"CORRAL_REGISTER_FAILURES_PER_MINUTE": "1000000"}
     env.update(kv.split("=", 1) for kv in args.server_env)
-    return Stack(args.broker, env=env)
+    stack = Stack(args.broker, env=env)
+    try:
+        await asyncio.to_thread(stack.start)
+    except BaseException:
+        await asyncio.to_thread(stack.close)
+        raise
+    return stack
 
 
-async def register_fleet(stack: Stack, args: argparse.Namespace) -> Fleet:
+async def register(stack: Stack, args: argparse.Namespace) -> Fleet:
     """The bench group at generation 1, and ``--devices`` devices registered to it (their
     agents not started yet)."""
     n = args.devices
@@ -60,14 +88,15 @@ async def register_fleet(stack: Stack, args: argparse.Namespace) -> Fleet:
     return fleet
 
 
-def cpu_by_role(window: CpuWindow, fleet: Fleet) -> str:
-    """After ``window.stop()``: cores used by the server, the broker, the agents and the
-    bench in the window."""
+def cpu_by_role(window: CpuWindow, fleet: Fleet, other: float, busy: float | None = None) -> str:
+    """After ``window.stop()``: cores used in the window by the server, the broker, the
+    agents, the bench and ``other`` work (and by the whole machine: ``busy``)."""
     parts = window.by_name(fleet.roles())
-    return ", ".join(f"{k} {v:.2f}" for k, v in sorted(parts.items()))
+    text = ", ".join(f"{k} {v:.2f}" for k, v in sorted(parts.items())) + f", other {other:.2f}"
+    return text + (f" (machine {busy:.2f} of {os.cpu_count()} cores)" if busy is not None else "")
 
 
-def log_hot_functions(profile: Path | None, generation: int, n: int) -> None:
+def log_hot(profile: Path | None, generation: int, n: int) -> None:
     """The ``n`` functions with the most self time in each profile of ``generation``."""
     if profile is None:
         return

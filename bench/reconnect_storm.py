@@ -37,14 +37,8 @@ import asyncio  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 
+from bench import fleet_run  # noqa: E402
 from bench.fleet import Fleet  # noqa: E402
-from bench.fleet_run import (  # noqa: E402
-    add_fleet_options,
-    cpu_by_role,
-    fleet_stack,
-    log_hot_functions,
-    register_fleet,
-)
 from bench.floors import FloorResult, https_connect_floor, mqtt_connect_floor  # noqa: E402
 from bench.procstat import CpuWindow, open_sockets, wait_quiet  # noqa: E402
 from bench.profiling import start_py_spy, stop_py_spy  # noqa: E402
@@ -54,6 +48,7 @@ from bench.stack import STOP_SECONDS, Stack, file_spec, wait_converged  # noqa: 
 TARGET_RATIO = 1.5
 TARGET_10K_SECONDS = 30.0
 TARGET_KB_PER_DEVICE = 20.0
+QUICK = "100 devices, 1 storm, not recorded"
 
 
 @dataclass
@@ -126,14 +121,14 @@ async def storm(
     devices = await asyncio.to_thread(stack.devices)
     in_sync = sum(1 for d in devices if d["observed_generation"] == d["generation"] == generation)
     online = sum(1 for d in devices if d["online"])
-    cpu = f"{cpu_by_role(window, fleet)}, other {other:.2f} (machine {busy:.2f} of 2 cores)"
+    cpu = fleet_run.cpu_by_role(window, fleet, other, busy)
     result = Storm(
         label, generation, downtime, listening, converged,
         percentile(rel, 50), percentile(rel, 99), max(rel), in_sync, online, cpu,
         progress.shape(),
     )  # fmt: skip
     log(result.summary())
-    log_hot_functions(profile, generation, 8)
+    fleet_run.log_hot(profile, generation, 8)
     return result
 
 
@@ -148,16 +143,15 @@ async def settle_rss(stack: Stack, seconds: float = 3.0) -> tuple[int, int | Non
 
 async def run(args: argparse.Namespace) -> int:
     n = args.devices
-    stack = fleet_stack(args)
-    fleet: Fleet | None = None
     began = time.monotonic()
+    stack = await fleet_run.start_stack(args)
+    fleet: Fleet | None = None
     results: list[Storm] = []
     variants: list[Storm] = []
     try:
-        await asyncio.to_thread(stack.start)
         fresh_rss, fresh_broker = await settle_rss(stack)
         log(f"server up (data {stack.data}); fresh VmRSS {fresh_rss / 1024:.1f} MiB")
-        fleet = await register_fleet(stack, args)
+        fleet = await fleet_run.register(stack, args)
 
         floors: list[FloorResult] = []
         floor_cpu: list[str] = []
@@ -174,7 +168,7 @@ async def run(args: argparse.Namespace) -> int:
                         stack.server.port, fleet.files, args.floor_concurrency
                     )
                 busy, _, other = window.stop()
-                cpu = f"{cpu_by_role(window, fleet)}, other {other:.2f}"
+                cpu = fleet_run.cpu_by_role(window, fleet, other)
                 log(f"floor {result.summary()}; CPU {cpu}")
                 floors.append(result)
                 floor_cpu.append(f"{kind} {cpu}")
@@ -277,8 +271,7 @@ async def run(args: argparse.Namespace) -> int:
             + (f"; {variant_text}" if variant_text else "")
             + disturbed
             + f"; {fleet.procs if fleet else 1} agent process(es); {rev}"
-            + (f"; server env {' '.join(args.server_env)}" if args.server_env else "")
-            + (f"; {args.note}" if args.note else ""),
+            + fleet_run.notes(args),
         ]
     )
     log("appended a row to BENCHMARKS.md")
@@ -286,9 +279,7 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    add_fleet_options(parser)
-    parser.add_argument("--quick", action="store_true", help="100 devices, not recorded")
+    parser = fleet_run.options(__doc__, QUICK)
     parser.add_argument("--restart-broker", action="store_true", help="also restart Mosquitto")
     parser.add_argument("--storms", type=int, help="server restarts (default 3, quick 1)")
     parser.add_argument(
@@ -297,13 +288,10 @@ def main(argv: list[str] | None = None) -> int:
         help="then wait this long and measure RSS again (default 90: aiohttp closes idle "
         "keep-alive connections after 75 s; quick 0)",
     )
-    args = parser.parse_args(argv)
-    args.devices = args.devices or (100 if args.quick else 1000)
+    args = fleet_run.parse(parser, argv)
     args.storms = args.storms or (1 if args.quick else 3)
     if args.steady is None:
         args.steady = 0.0 if args.quick else 90.0
-    if args.profile:
-        args.profile.mkdir(parents=True, exist_ok=True)
     return asyncio.run(run(args))
 
 

@@ -252,20 +252,17 @@ class Server:
 
     # --- the API and the CLI
 
+    def request(self, method: str, path: str, timeout: float = 30, **kw: Any) -> requests.Response:
+        """One HTTPS call, the server's certificate verified, no credentials but those in
+        ``kw`` (``headers``, ``cert``, ...: ``requests.request``'s keywords)."""
+        return requests.request(method, self.url + path, verify=str(self.ca), timeout=timeout, **kw)
+
     def api(
         self, method: str, path: str, body: Any = None, token: str | None = None, **kw: Any
     ) -> requests.Response:
+        """One call with an API token (the admin's unless ``token``), ``body`` as JSON."""
         headers = {"Authorization": f"Bearer {token or self.admin_token}"}
-        timeout = kw.pop("timeout", 30)
-        return requests.request(
-            method,
-            self.url + path,
-            json=body,
-            headers=headers,
-            verify=str(self.ca),
-            timeout=timeout,
-            **kw,
-        )
+        return self.request(method, path, json=body, headers=headers, **kw)
 
     def checked(self, method: str, path: str, body: Any = None, **kw: Any) -> Any:
         """:meth:`api` as the admin; the JSON answer, or RuntimeError unless 2xx."""

@@ -10,6 +10,7 @@ import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import pytest
@@ -199,20 +200,21 @@ async def broker(
         yield harness
 
 
-@pytest.fixture
-async def embedded(
-    tmp_path: Path, ca: identity.CertificateAuthority, certs: dict[str, Cert]
-) -> AsyncIterator[Harness]:
-    async with running("embedded", tmp_path, ca, certs) as harness:
-        yield harness
+def one_broker(kind: str) -> Any:
+    """A fixture named ``kind``: that broker alone, for tests of what only it does."""
+
+    @pytest.fixture(name=kind)
+    async def fixture(
+        tmp_path: Path, ca: identity.CertificateAuthority, certs: dict[str, Cert]
+    ) -> AsyncIterator[Harness]:
+        async with running(kind, tmp_path, ca, certs) as harness:
+            yield harness
+
+    return fixture
 
 
-@pytest.fixture
-async def mosquitto(
-    tmp_path: Path, ca: identity.CertificateAuthority, certs: dict[str, Cert]
-) -> AsyncIterator[Harness]:
-    async with running("mosquitto", tmp_path, ca, certs) as harness:
-        yield harness
+embedded = one_broker("embedded")
+mosquitto = one_broker("mosquitto")
 
 
 async def receive(client: aiomqtt.Client, topic: str, seconds: float = 5) -> aiomqtt.Message:
