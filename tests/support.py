@@ -14,7 +14,37 @@ from registration import identity
 from registration.protocol import PROTOCOL_VERSION, Cpu, Facts, Memory, RegisterRequest
 from tests.server_process import BIN, REPO, PortTaken, Server, free_port
 
-__all__ = ["BIN", "REPO", "Machine", "PortTaken", "Server", "free_port", "start_agent"]
+__all__ = [
+    "BIN",
+    "REPO",
+    "Machine",
+    "PortTaken",
+    "Server",
+    "device",
+    "free_port",
+    "set_group",
+    "start_agent",
+]
+
+
+def device(server: Server, device_id: str) -> dict[str, Any]:
+    """A device as the API shows it (``corral device show -o json``)."""
+    response = server.api("GET", f"/api/v1/devices/{device_id}")
+    assert response.status_code == 200, response.text
+    data: dict[str, Any] = response.json()
+    return data
+
+
+def set_group(server: Server, name: str, selector: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """Set group ``name``'s spec, creating the group with ``selector`` if there is none yet.
+    Returns the server's answer (``devices_changed``, ...)."""
+    response = server.api("PATCH", f"/api/v1/groups/{name}", {"spec": spec})
+    if response.status_code == 404:
+        body = {"name": name, "selector": selector, "spec": spec}
+        response = server.api("POST", "/api/v1/groups", body)
+    assert response.status_code in (200, 201), response.text
+    data: dict[str, Any] = response.json()
+    return data
 
 
 @dataclass

@@ -16,26 +16,11 @@ import pytest
 from node_image.agent import seed as seed_mod
 from node_image.agent.daemon import Agent, AgentSettings
 from node_image.host import SimulatedHost
-from tests.support import Server, start_agent
+from tests.support import Server, device, set_group, start_agent
 from tests.waiting import wait_until
 
 FILES = 1500
 CONVERGE = 120.0  # seconds an agent gets to converge after a restart
-
-
-def set_group(server: Server, name: str, selector: str, config: list[dict[str, Any]]) -> int:
-    body: dict[str, Any] = {"spec": {"config": config}}
-    response = server.api("PATCH", f"/api/v1/groups/{name}", body)
-    if response.status_code == 404:
-        response = server.api(
-            "POST", "/api/v1/groups", {"name": name, "selector": selector, **body}
-        )
-    assert response.ok, response.text
-    return int(response.json()["devices_changed"])
-
-
-def device(server: Server, device_id: str) -> dict[str, Any]:
-    return dict(server.api("GET", f"/api/v1/devices/{device_id}").json())
 
 
 def many_files(version: str, count: int) -> list[dict[str, Any]]:
@@ -50,7 +35,7 @@ def test_agent_killed_mid_reconcile_resumes_and_converges(
     fleet_server: Server, tmp_path: Path
 ) -> None:
     server = fleet_server
-    set_group(server, "big", "role=big", [])
+    set_group(server, "big", "role=big", {"config": []})
     token = server.create_token(labels={"role": "big"})["token"]
     seed = tmp_path / "seed.json"
     seed.write_text(json.dumps({"server": server.url, "token": token}))
@@ -70,7 +55,7 @@ def test_agent_killed_mid_reconcile_resumes_and_converges(
         for round_ in range(3):
             version = f"v{round_}"
             count = FILES - 400 * round_  # later rounds also remove files
-            set_group(server, "big", "role=big", many_files(version, count))
+            set_group(server, "big", "role=big", {"config": many_files(version, count)})
 
             def written(version: str = version) -> int:
                 try:
@@ -86,13 +71,11 @@ def test_agent_killed_mid_reconcile_resumes_and_converges(
                 caught_midway += 1
             agent = start()
             generation = device(server, device_id)["desired"]["generation"]
-            wait_until(
-                f"convergence to {version}",
-                lambda g=generation: (
-                    device(server, device_id)["reported"]["observed_generation"] == g
-                ),
-                CONVERGE,
-            )
+
+            def converged(g: int = generation) -> bool:
+                return bool(device(server, device_id)["reported"]["observed_generation"] == g)
+
+            wait_until(f"convergence to {version}", converged, CONVERGE)
             names = sorted(p.name for p in app_dir.iterdir() if not p.name.startswith("."))
             assert names == [f"part-{i:04d}.conf" for i in range(count)]
             assert all((app_dir / n).read_text().startswith(version) for n in names)
@@ -119,8 +102,9 @@ async def test_agents_ride_out_server_and_broker_restarts(
     fleet_server: Server, tmp_path: Path
 ) -> None:
     server = fleet_server
+    x_conf = {"path": "/etc/x.conf", "mode": 0o644}
     await asyncio.to_thread(
-        set_group, server, "g", "site=x", [{"path": "/etc/x.conf", "mode": 0o644, "content": "1"}]
+        set_group, server, "g", "site=x", {"config": [{**x_conf, "content": "1"}]}
     )
     token = (await asyncio.to_thread(server.create_token, labels={"site": "x"}, max_uses=5))[
         "token"
@@ -152,7 +136,7 @@ async def test_agents_ride_out_server_and_broker_restarts(
                 server,
                 "g",
                 "site=x",
-                [{"path": "/etc/x.conf", "mode": 0o644, "content": content}],
+                {"config": [{**x_conf, "content": content}]},
             )
             target = (await asyncio.to_thread(device, server, agents[0].device_id or ""))[
                 "desired"
