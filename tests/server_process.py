@@ -56,6 +56,17 @@ def terminate(proc: subprocess.Popen[bytes], timeout: float) -> int:
     return proc.returncode
 
 
+def answers_healthz(url: str, ca: Path) -> bool:
+    """Whether the server at ``url`` answers ``GET /healthz`` over TLS verified with ``ca``
+    (False until the server has written its CA)."""
+    if not ca.exists():
+        return False
+    try:
+        return requests.get(f"{url}/healthz", verify=str(ca), timeout=2).ok
+    except requests.RequestException:
+        return False
+
+
 class PortTaken(RuntimeError):
     pass
 
@@ -189,12 +200,7 @@ class Server:
         """Until ``GET /healthz`` answers over verified TLS."""
 
         def healthy() -> bool:
-            if self._exited() or not self.ca.exists():
-                return False
-            try:
-                return requests.get(f"{self.url}/healthz", verify=str(self.ca), timeout=2).ok
-            except requests.RequestException:
-                return False
+            return not self._exited() and answers_healthz(self.url, self.ca)
 
         try:
             wait_until("the server to answer /healthz", healthy, timeout)
