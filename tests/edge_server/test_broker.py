@@ -103,30 +103,19 @@ class Harness:
         wait: float = 2,
     ) -> list[str]:
         """mosquitto_sub with this certificate (client id: its CN unless given)."""
-        return mosquitto_sub(
-            self.port,
-            self.ca_path,
-            cert.cert if cert else None,
-            cert.key if cert else None,
-            topics,
-            client_id=client_id or (cert.cn if cert else None),
-            count=count,
-            wait=wait,
-        )
+        who = client_id or (cert.cn if cert else None)
+        return mosquitto_sub(*self._cli(cert), topics, client_id=who, count=count, wait=wait)
 
     def pub(
         self, cert: Cert | None, topic: str, message: str, *, client_id: str | None = None
     ) -> list[str]:
         """mosquitto_pub with this certificate (client id: its CN unless given)."""
-        return mosquitto_pub(
-            self.port,
-            self.ca_path,
-            cert.cert if cert else None,
-            cert.key if cert else None,
-            topic,
-            message,
-            client_id=client_id or (cert.cn if cert else None),
-        )
+        who = client_id or (cert.cn if cert else None)
+        return mosquitto_pub(*self._cli(cert), topic, message, client_id=who)
+
+    def _cli(self, cert: Cert | None) -> tuple[int, Path, Path | None, Path | None]:
+        """Where mosquitto_sub/pub connect and with which certificate."""
+        return self.port, self.ca_path, cert.cert if cert else None, cert.key if cert else None
 
     async def revoke(self, cert: Cert) -> None:
         """Embedded: is_revoked now says yes. Mosquitto: a new CRL, SIGHUP, and wait until
