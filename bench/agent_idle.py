@@ -33,21 +33,10 @@ import subprocess  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 
-from bench.fleet import (  # noqa: E402
-    BIN,
-    ROOT,
-    Stack,
-    append_row,
-    cpu_seconds,
-    file_spec,
-    git_describe,
-    log,
-    rss_kib,
-    start_py_spy,
-    stop_py_spy,
-    today,
-    top_functions,
-)
+from bench.procstat import cpu_seconds, rss_kib  # noqa: E402
+from bench.profiling import BIN, start_py_spy, stop_py_spy, top_functions  # noqa: E402
+from bench.report import ROOT, append_row, git_describe, log, today  # noqa: E402
+from bench.stack import Stack, file_spec  # noqa: E402
 
 TARGET_RSS_MB = 40.0
 TARGET_CPU_PCT = 0.5

@@ -40,32 +40,30 @@ import asyncio  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 
-from bench.fleet import (  # noqa: E402
-    CpuWindow,
-    Fleet,
+from bench import fleet_run  # noqa: E402
+from bench.fleet import Fleet  # noqa: E402
+from bench.floors import (  # noqa: E402
     FloorResult,
-    Stack,
-    append_row,
     close_mqtt,
-    file_spec,
-    fleet_root,
-    git_describe,
     https_connect_floor,
-    log,
-    median,
     mqtt_connect_floor,
     mqtt_exchange_floor,
-    pct,
-    raise_nofile,
-    start_py_spy,
-    stop_py_spy,
-    today,
-    top_functions,
-    wait_converged,
-    wait_quiet,
 )
+from bench.procstat import CpuWindow, wait_quiet  # noqa: E402
+from bench.profiling import start_py_spy, stop_py_spy  # noqa: E402
+from bench.report import (  # noqa: E402
+    append_row,
+    git_describe,
+    log,
+    median,
+    percentile,
+    today,
+    verdict,
+)
+from bench.stack import Stack, file_spec, wait_converged  # noqa: E402
 
 TARGET_10K_SECONDS = 10.0
+QUICK = "100 devices, 1 round, not recorded"
 
 
 @dataclass
@@ -97,18 +95,17 @@ def _patch(stack: Stack, generation: int) -> tuple[dict[str, object], float]:
 async def fan_out(
     stack: Stack, fleet: Fleet, generation: int, within: float, profile: Path | None
 ) -> Round:
-    pids = lambda: [*stack.pids(), *fleet.pids]  # noqa: E731
-    quiet = await asyncio.to_thread(wait_quiet, pids, 60)
+    quiet = await asyncio.to_thread(wait_quiet, fleet.every_pid, 60)
     if quiet >= 0.2:
         log(f"other work still uses {quiet:.2f} cores")
     spies = []
     if profile:
         spies = [
-            start_py_spy(stack.pids()[0], profile / f"server-{generation}.txt"),
+            start_py_spy(stack.server.pid, profile / f"server-{generation}.txt"),
             start_py_spy(fleet.pids[0], profile / f"agents-{generation}.txt"),
         ]
         await asyncio.sleep(1.0)
-    window = CpuWindow(pids).start()
+    window = CpuWindow(fleet.every_pid).start()
     started = time.monotonic()
     try:
         patch_task = asyncio.create_task(asyncio.to_thread(_patch, stack, generation))
@@ -125,51 +122,31 @@ async def fan_out(
     rel = [t - started for t in times]
     devices = await asyncio.to_thread(stack.devices)
     in_sync = sum(1 for d in devices if d["observed_generation"] == d["generation"] == generation)
-    names = {stack.pids()[0]: "server", **{p: "agents" for p in fleet.pids}}
-    if stack.mosquitto is not None:
-        names[stack.mosquitto.pid] = "mosquitto"
-    parts: dict[str, float] = {}
-    for pid, cores in window.cores.items():
-        parts[names.get(pid, "bench")] = parts.get(names.get(pid, "bench"), 0.0) + cores
-    cpu = ", ".join(f"{k} {v:.2f}" for k, v in parts.items())
-    cpu += f", other {other:.2f} (machine {busy:.2f} of 2 cores)"
+    cpu = fleet_run.cpu_by_role(window, fleet, other, busy)
     result = Round(
         generation,
         patched - started,
         done - started,
-        pct(rel, 50),
-        pct(rel, 99),
+        percentile(rel, 50),
+        percentile(rel, 99),
         in_sync,
         cpu,
         other,
         progress.shape(),
     )
     log(result.summary())
-    if profile:
-        for who in ("server", "agents"):
-            path = profile / f"{who}-{generation}.txt"
-            if path.exists():
-                tops = ", ".join(f"{p:.0f}% {f}" for f, p in top_functions(path, 10))
-                log(f"  py-spy {who} self time: {tops}")
+    fleet_run.log_hot(profile, generation, 10)
     return result
 
 
 async def run(args: argparse.Namespace) -> int:
     n = args.devices
-    log(f"RLIMIT_NOFILE {raise_nofile()}; {n} devices, broker {args.broker}")
-    env = {"CORRAL_REGISTER_FAILURES_PER_MINUTE": "1000000"}
-    env.update(kv.split("=", 1) for kv in args.server_env)  # type: ignore[misc]
-    stack = Stack(args.broker, env=env)
-    fleet: Fleet | None = None
     began = time.monotonic()
+    stack = await fleet_run.start_stack(args)
+    fleet: Fleet | None = None
     rounds: list[Round] = []
     try:
-        await asyncio.to_thread(stack.start)
-        token = await asyncio.to_thread(stack.create_fleet_group, file_spec("generation 1\n"))
-        fleet = Fleet(fleet_root(args.state_dir), stack, token, n, args.procs, args.threads)
-        log(f"agents in {fleet.procs} process(es): pids {fleet.pids}")
-        seconds = await fleet.register(args.register_concurrency)
-        log(f"registered {n} in {seconds:.1f}s ({n / seconds:.0f}/s)")
+        fleet = await fleet_run.register(stack, args)
 
         # Generation 2 before any agent runs: every device then has a retained nudge at the
         # broker (registration publishes none), which the baseline's subscriptions receive.
@@ -178,10 +155,13 @@ async def run(args: argparse.Namespace) -> int:
             raise RuntimeError(f"generation 2 reached {answer['devices_changed']} of {n}")
         floors: list[FloorResult] = []
         for _ in range(args.floor_rounds):
-            pids = lambda: [*stack.pids(), *fleet.pids]  # type: ignore[union-attr]  # noqa: E731
-            await asyncio.to_thread(wait_quiet, pids, 30)
+            await asyncio.to_thread(wait_quiet, fleet.every_pid, 30)
             connect, conns = await mqtt_connect_floor(
-                stack.mqtt_port, fleet.files, args.floor_concurrency, keep=True, subscribe=False
+                stack.server.mqtt_port,
+                fleet.files,
+                args.floor_concurrency,
+                keep=True,
+                subscribe=False,
             )
             try:
                 exchange = await mqtt_exchange_floor(conns)
@@ -196,8 +176,10 @@ async def run(args: argparse.Namespace) -> int:
         # connects + GET /healthz to the same server bound a fan-out as well.
         pulls: list[FloorResult] = []
         for _ in range(args.floor_rounds):
-            await asyncio.to_thread(wait_quiet, pids, 30)
-            pulls.append(await https_connect_floor(stack.port, fleet.files, args.floor_concurrency))
+            await asyncio.to_thread(wait_quiet, fleet.every_pid, 30)
+            pulls.append(
+                await https_connect_floor(stack.server.port, fleet.files, args.floor_concurrency)
+            )
             log(f"pull floor {pulls[-1].summary()}")
         pull_floor = min((f.seconds for f in pulls), default=float("nan"))
 
@@ -216,7 +198,6 @@ async def run(args: argparse.Namespace) -> int:
     ratio = figure / floor
     ok_time = figure <= TARGET_10K_SECONDS * max(1.0, n / 10_000)
     ok = all(r.in_sync == n for r in rounds)
-    verdict = lambda good: "ok" if good else "MISS"  # noqa: E731
     spread = ", ".join(f"{r.converged:.2f}" for r in rounds)
     patch = median([r.patch for r in rounds])
     p99 = median([r.agents_p99 for r in rounds])
@@ -250,9 +231,7 @@ async def run(args: argparse.Namespace) -> int:
             f"PATCH answered after {patch:.2f} s; {middle.shape}; agents "
             f"acked p99 {p99:.2f} s; "
             f"{middle.cpu}; floor errors {floor_errors}; API in sync "
-            f"{min(r.in_sync for r in rounds)}/{n}{disturbed}; {rev}"
-            + (f"; server env {' '.join(args.server_env)}" if args.server_env else "")
-            + (f"; {args.note}" if args.note else ""),
+            f"{min(r.in_sync for r in rounds)}/{n}{disturbed}; {rev}" + fleet_run.notes(args),
         ]
     )
     log("appended a row to BENCHMARKS.md")
@@ -260,34 +239,10 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--broker", choices=["embedded", "mosquitto"], default="mosquitto")
-    parser.add_argument("--devices", type=int, help="default 1000 (quick: 100)")
+    parser = fleet_run.options(__doc__, QUICK)
     parser.add_argument("--rounds", type=int, help="spec changes (default 3, quick 1)")
-    parser.add_argument("--quick", action="store_true", help="100 devices, 1 round, unrecorded")
-    parser.add_argument("--threads", type=int, default=64, help="agent process executor threads")
-    parser.add_argument("--procs", type=int, default=0, help="agent processes (default: auto)")
-    parser.add_argument("--register-concurrency", type=int, default=32)
-    parser.add_argument("--state-dir", help="where simulated devices live (default /dev/shm)")
-    parser.add_argument("--floor-concurrency", type=int, default=256)
-    parser.add_argument("--floor-rounds", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=500, help="agents started at a time")
-    parser.add_argument("--within", type=float, default=600, help="convergence timeout, s")
-    parser.add_argument("--profile", type=Path, help="py-spy server and agents into DIR")
-    parser.add_argument(
-        "--server-env",
-        action="append",
-        default=[],
-        metavar="K=V",
-        help="extra environment of the server (experiments; shown in the row's notes)",
-    )
-    parser.add_argument("--no-record", action="store_true")
-    parser.add_argument("--note", default="")
-    args = parser.parse_args(argv)
-    args.devices = args.devices or (100 if args.quick else 1000)
+    args = fleet_run.parse(parser, argv)
     args.rounds = args.rounds or (1 if args.quick else 3)
-    if args.profile:
-        args.profile.mkdir(parents=True, exist_ok=True)
     return asyncio.run(run(args))
 
 

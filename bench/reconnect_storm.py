@@ -37,32 +37,18 @@ import asyncio  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 
-from bench.fleet import (  # noqa: E402
-    CpuWindow,
-    Fleet,
-    FloorResult,
-    Stack,
-    append_row,
-    file_spec,
-    fleet_root,
-    git_describe,
-    https_connect_floor,
-    log,
-    mqtt_connect_floor,
-    open_sockets,
-    pct,
-    raise_nofile,
-    start_py_spy,
-    stop_py_spy,
-    today,
-    top_functions,
-    wait_converged,
-    wait_quiet,
-)
+from bench import fleet_run  # noqa: E402
+from bench.fleet import Fleet  # noqa: E402
+from bench.floors import FloorResult, https_connect_floor, mqtt_connect_floor  # noqa: E402
+from bench.procstat import CpuWindow, open_sockets, wait_quiet  # noqa: E402
+from bench.profiling import start_py_spy, stop_py_spy  # noqa: E402
+from bench.report import append_row, git_describe, log, percentile, today, verdict  # noqa: E402
+from bench.stack import STOP_SECONDS, Stack, file_spec, wait_converged  # noqa: E402
 
 TARGET_RATIO = 1.5
 TARGET_10K_SECONDS = 30.0
 TARGET_KB_PER_DEVICE = 20.0
+QUICK = "100 devices, 1 storm, not recorded"
 
 
 @dataclass
@@ -98,13 +84,13 @@ async def storm(
     profile: Path | None,
 ) -> Storm:
     label = "server + Mosquitto restart" if restart_broker else "server restart"
-    pids = lambda: [*stack.pids(), *fleet.pids]  # noqa: E731
-    other = await asyncio.to_thread(wait_quiet, pids, 60)
+    server, mosquitto = stack.server, stack.server.mosquitto
+    other = await asyncio.to_thread(wait_quiet, fleet.every_pid, 60)
     log(f"storm ({label}) to generation {generation}; other work {other:.2f} cores")
     stopped = time.monotonic()
-    await asyncio.to_thread(stack.stop_server)
+    await asyncio.to_thread(server.stop, STOP_SECONDS)
     if restart_broker:
-        await asyncio.to_thread(stack.stop_mosquitto)
+        await asyncio.to_thread(mosquitto.stop, STOP_SECONDS)
     changed = await asyncio.to_thread(
         stack.offline_group_spec, file_spec(f"generation {generation}\n")
     )
@@ -112,16 +98,16 @@ async def storm(
         raise RuntimeError(f"the offline change reached {changed} of {fleet.n} devices")
     started = time.monotonic()
     downtime = started - stopped
-    window = CpuWindow(pids).start()
+    window = CpuWindow(fleet.every_pid).start()
     if restart_broker:
-        await asyncio.to_thread(stack.start_mosquitto)
-    proc = await asyncio.to_thread(stack.launch_server)
+        await asyncio.to_thread(mosquitto.start, 20)
+    proc = await asyncio.to_thread(server.launch)
     spy = start_py_spy(proc.pid, profile / f"server-{generation}.txt") if profile else None
     spy_agents = (
         start_py_spy(fleet.pids[0], profile / f"agents-{generation}.txt") if profile else None
     )
     try:
-        await asyncio.to_thread(stack.wait_listening, within)
+        await asyncio.to_thread(server.wait_listening, within)
         listening = time.monotonic() - started
         progress = await wait_converged(stack, generation, fleet.n, within, started=started)
         done = progress.done
@@ -135,31 +121,19 @@ async def storm(
     devices = await asyncio.to_thread(stack.devices)
     in_sync = sum(1 for d in devices if d["observed_generation"] == d["generation"] == generation)
     online = sum(1 for d in devices if d["online"])
-    by = {proc.pid: "server", **{p: "agents" for p in fleet.pids}}
-    if stack.mosquitto is not None:
-        by[stack.mosquitto.pid] = "mosquitto"
-    parts: dict[str, float] = {}
-    for pid, cores in window.cores.items():
-        parts[by.get(pid, "bench")] = parts.get(by.get(pid, "bench"), 0.0) + cores
-    cpu = ", ".join(f"{k} {v:.2f}" for k, v in parts.items())
-    cpu += f", other {other:.2f} (machine {busy:.2f} of 2 cores)"
+    cpu = fleet_run.cpu_by_role(window, fleet, other, busy)
     result = Storm(
         label, generation, downtime, listening, converged,
-        pct(rel, 50), pct(rel, 99), max(rel), in_sync, online, cpu, progress.shape(),
+        percentile(rel, 50), percentile(rel, 99), max(rel), in_sync, online, cpu,
+        progress.shape(),
     )  # fmt: skip
     log(result.summary())
-    if profile:
-        for who in ("server", "agents"):
-            path = profile / f"{who}-{generation}.txt"
-            if path.exists():
-                tops = ", ".join(f"{p:.0f}% {f}" for f, p in top_functions(path, 8))
-                log(f"  py-spy {who} self time: {tops}")
+    fleet_run.log_hot(profile, generation, 8)
     return result
 
 
 async def settle_rss(stack: Stack, seconds: float = 3.0) -> tuple[int, int | None]:
     await asyncio.sleep(seconds)
-    assert stack.server is not None
     log(
         f"server VmRSS {stack.server_rss() / 1024:.0f} MiB, {open_sockets(stack.server.pid)} "
         "sockets open"
@@ -167,54 +141,34 @@ async def settle_rss(stack: Stack, seconds: float = 3.0) -> tuple[int, int | Non
     return stack.server_rss(), stack.broker_rss()
 
 
-def _cores(window: CpuWindow, names: dict[int, str]) -> str:
-    parts: dict[str, float] = {}
-    for pid, cores in window.cores.items():
-        parts[names.get(pid, "bench")] = parts.get(names.get(pid, "bench"), 0.0) + cores
-    return ", ".join(f"{k} {v:.2f}" for k, v in sorted(parts.items()))
-
-
 async def run(args: argparse.Namespace) -> int:
     n = args.devices
-    nofile = raise_nofile()
-    log(f"RLIMIT_NOFILE {nofile}; {n} devices, broker {args.broker}")
-    env = {"CORRAL_REGISTER_FAILURES_PER_MINUTE": "1000000"}
-    env.update(kv.split("=", 1) for kv in args.server_env)  # type: ignore[misc]
-    stack = Stack(args.broker, env=env)
-    fleet: Fleet | None = None
     began = time.monotonic()
+    stack = await fleet_run.start_stack(args)
+    fleet: Fleet | None = None
     results: list[Storm] = []
     variants: list[Storm] = []
     try:
-        await asyncio.to_thread(stack.start)
         fresh_rss, fresh_broker = await settle_rss(stack)
         log(f"server up (data {stack.data}); fresh VmRSS {fresh_rss / 1024:.1f} MiB")
-        token = await asyncio.to_thread(stack.create_fleet_group, file_spec("generation 1\n"))
-        fleet = Fleet(fleet_root(args.state_dir), stack, token, n, args.procs, args.threads)
-        log(f"agents in {fleet.procs} process(es): pids {fleet.pids}")
-        seconds = await fleet.register(args.register_concurrency)
-        log(f"registered {n} in {seconds:.1f}s ({n / seconds:.0f}/s)")
+        fleet = await fleet_run.register(stack, args)
 
-        pids = lambda: [*stack.pids(), *fleet.pids]  # type: ignore[union-attr]  # noqa: E731
-        names = {stack.server.pid: "server"} if stack.server else {}
-        if stack.mosquitto is not None:
-            names[stack.mosquitto.pid] = "mosquitto"
         floors: list[FloorResult] = []
         floor_cpu: list[str] = []
         for _ in range(args.floor_rounds):
             for kind in ("mqtt", "https"):
-                other = await asyncio.to_thread(wait_quiet, pids, 60)
-                window = CpuWindow(pids).start()
+                other = await asyncio.to_thread(wait_quiet, fleet.every_pid, 60)
+                window = CpuWindow(fleet.every_pid).start()
                 if kind == "mqtt":
                     result, _ = await mqtt_connect_floor(
-                        stack.mqtt_port, fleet.files, args.floor_concurrency
+                        stack.server.mqtt_port, fleet.files, args.floor_concurrency
                     )
                 else:
                     result = await https_connect_floor(
-                        stack.port, fleet.files, args.floor_concurrency
+                        stack.server.port, fleet.files, args.floor_concurrency
                     )
                 busy, _, other = window.stop()
-                cpu = f"{_cores(window, names)}, other {other:.2f}"
+                cpu = fleet_run.cpu_by_role(window, fleet, other)
                 log(f"floor {result.summary()}; CPU {cpu}")
                 floors.append(result)
                 floor_cpu.append(f"{kind} {cpu}")
@@ -237,11 +191,11 @@ async def run(args: argparse.Namespace) -> int:
             generation += 1
             variants.append(await storm(stack, fleet, generation, True, args.within, None))
         steady_rss = steady_broker = None
-        sockets = open_sockets(stack.server.pid) if stack.server else 0
+        sockets = open_sockets(stack.server.pid)
         if args.steady > 0:
             log(f"waiting {args.steady:.0f}s for idle keep-alive connections to close")
             steady_rss, steady_broker = await settle_rss(stack, args.steady)
-        steady_sockets = open_sockets(stack.server.pid) if stack.server else 0
+        steady_sockets = open_sockets(stack.server.pid)
         connected = await fleet.mqtt_connected()
     finally:
         if fleet is not None:
@@ -271,7 +225,6 @@ async def run(args: argparse.Namespace) -> int:
     ok_time = figure <= TARGET_10K_SECONDS * max(1.0, n / 10_000)
     ok_mem = kb_per_device <= TARGET_KB_PER_DEVICE
     ok = all(r.in_sync == n for r in results + variants)
-    verdict = lambda good: "ok" if good else "MISS"  # noqa: E731
     spread = ", ".join(f"{r.converged:.2f}" for r in results)
     variant_text = "; ".join(r.summary() for r in variants)
     rev = git_describe()
@@ -318,8 +271,7 @@ async def run(args: argparse.Namespace) -> int:
             + (f"; {variant_text}" if variant_text else "")
             + disturbed
             + f"; {fleet.procs if fleet else 1} agent process(es); {rev}"
-            + (f"; server env {' '.join(args.server_env)}" if args.server_env else "")
-            + (f"; {args.note}" if args.note else ""),
+            + fleet_run.notes(args),
         ]
     )
     log("appended a row to BENCHMARKS.md")
@@ -327,19 +279,8 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--broker", choices=["embedded", "mosquitto"], default="mosquitto")
-    parser.add_argument("--devices", type=int, help="default 1000 (quick: 100)")
-    parser.add_argument("--quick", action="store_true", help="100 devices, not recorded")
+    parser = fleet_run.options(__doc__, QUICK)
     parser.add_argument("--restart-broker", action="store_true", help="also restart Mosquitto")
-    parser.add_argument("--threads", type=int, default=64, help="agent process executor threads")
-    parser.add_argument(
-        "--procs", type=int, default=0, help="agent processes (default: 1 unless fds forbid)"
-    )
-    parser.add_argument("--register-concurrency", type=int, default=32)
-    parser.add_argument("--state-dir", help="where simulated devices live (default /dev/shm)")
-    parser.add_argument("--floor-concurrency", type=int, default=256)
-    parser.add_argument("--floor-rounds", type=int, default=2, help="best of (default 2)")
     parser.add_argument("--storms", type=int, help="server restarts (default 3, quick 1)")
     parser.add_argument(
         "--steady",
@@ -347,25 +288,10 @@ def main(argv: list[str] | None = None) -> int:
         help="then wait this long and measure RSS again (default 90: aiohttp closes idle "
         "keep-alive connections after 75 s; quick 0)",
     )
-    parser.add_argument("--batch", type=int, default=500, help="agents started at a time")
-    parser.add_argument("--within", type=float, default=600, help="convergence timeout, s")
-    parser.add_argument("--profile", type=Path, help="py-spy server and agents into DIR")
-    parser.add_argument(
-        "--server-env",
-        action="append",
-        default=[],
-        metavar="K=V",
-        help="extra environment of the server (experiments; shown in the row's notes)",
-    )
-    parser.add_argument("--no-record", action="store_true")
-    parser.add_argument("--note", default="")
-    args = parser.parse_args(argv)
-    args.devices = args.devices or (100 if args.quick else 1000)
+    args = fleet_run.parse(parser, argv)
     args.storms = args.storms or (1 if args.quick else 3)
     if args.steady is None:
         args.steady = 0.0 if args.quick else 90.0
-    if args.profile:
-        args.profile.mkdir(parents=True, exist_ok=True)
     return asyncio.run(run(args))
 
 

@@ -43,37 +43,24 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench.common, and the real
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench.*, and the real
 # ``registration`` package ahead of this file, which shares its name
 
 import argparse
 import functools
 import gc
 import json
-import statistics
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from bench.common import (
-    CLK_TCK,
-    LoadGenerator,
-    PhaseResult,
-    PhaseSpec,
-    ServerProcess,
-    append_benchmark_row,
-    build_request,
-    git_describe,
-    log,
-    machine_cpu_ticks,
-    percentile,
-    py_spy,
-    running_server,
-    today,
-    wait_for_quiet,
-)
+from bench.loadgen import LoadGenerator, PhaseResult, PhaseSpec, build_request
+from bench.procstat import CLK_TCK, machine_cpu_ticks, wait_quiet
+from bench.profiling import py_spy
+from bench.report import append_row, git_describe, log, median, percentile, today, verdict
+from bench.stack import Stack
 from edge_server.pki import Pki
 from registration import identity
 from registration.protocol import PROTOCOL_VERSION, Cpu, Facts, Memory, RegisterRequest
@@ -200,27 +187,19 @@ def phase_spec(name: str, token: str, host: str, sizes: Sizes) -> PhaseSpec:
     return PhaseSpec(name, "keepalive" if keepalive else "fresh", requests, c, 201, warmup)
 
 
-def prepare(server: ServerProcess) -> str:
+def prepare(stack: Stack) -> str:
     """A reusable registration token, and one registration checked in full."""
-    status, created = server.request(
+    status, created = stack.api(
         "POST", "/api/v1/tokens", {"group": "bench", "max_uses": None, "ttl_seconds": 3600}
     )
     if status != 201:
         raise SystemExit(f"token create failed: {status} {created}")
     token = str(created["token"])
     body = json.loads(registration_bodies(token, 1)[0])
-    status, answer = server.request("POST", "/api/v1/register", body, token=None)
+    status, answer = stack.api("POST", "/api/v1/register", body)
     if status != 201 or not answer.get("created") or "BEGIN CERT" not in answer["certificate"]:
         raise SystemExit(f"sanity registration failed: {status} {answer}")
     return token
-
-
-def verdict(ok: bool) -> str:
-    return "ok" if ok else "MISS"
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -269,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def settle(what: str) -> None:
         if args.wait_quiet > 0 and patient():
-            busy = wait_for_quiet(args.wait_quiet, OTHER_LIMIT)
+            busy = wait_quiet(lambda: (), args.wait_quiet, OTHER_LIMIT, window=0.5)
             if busy >= OTHER_LIMIT:
                 log(f"machine still {busy:.0%} busy with other work before {what}")
 
@@ -293,9 +272,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     rev = git_describe()  # now: the server about to start runs the code of this moment
     rounds: list[Round] = []
-    with running_server({"CORRAL_REGISTER_FAILURES_PER_MINUTE": "1000000"}) as server:
+    with Stack(env={"CORRAL_REGISTER_FAILURES_PER_MINUTE": "1000000"}) as stack:
+        server = stack.server
         log(f"server pid {server.pid} on {server.url}, data {server.data_dir}")
-        token = prepare(server)
+        token = prepare(stack)
         host = f"127.0.0.1:{server.port}"
         ca = Pki(server.data_dir / "pki").load_ca()
         loadgen = LoadGenerator("127.0.0.1", server.port, args.procs)
@@ -393,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick or args.no_record or args.profile:
         log("not recorded in BENCHMARKS.md (quick, --no-record or --profile run)")
     else:
-        append_benchmark_row(
+        append_row(
             [
                 today(),
                 f"registration, {CONCURRENCY} concurrent (bench/registration.py)",

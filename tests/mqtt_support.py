@@ -12,10 +12,8 @@ import asyncio
 import os
 import pwd
 import signal
-import socket
 import ssl
 import subprocess
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +21,8 @@ from pathlib import Path
 from edge_server.broker import EmbeddedBroker
 from edge_server.mosquitto import MosquittoFiles, make_crl, write_config, write_crl
 from registration import identity
-from tests.support import free_port
+from tests.server_process import free_port, terminate
+from tests.waiting import wait_listening
 
 HOST = "127.0.0.1"
 MOSQUITTO = "mosquitto"
@@ -56,19 +55,6 @@ def client_tls(ca_path: Path, cert: Path | None = None, key: Path | None = None)
     return ctx
 
 
-def _wait_listening(port: int, alive: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not alive():
-            raise RuntimeError("broker exited before it listened")
-        try:
-            with socket.create_connection((HOST, port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {HOST}:{port} after {timeout}s")
-
-
 @dataclass
 class MosquittoProcess:
     files: MosquittoFiles
@@ -89,24 +75,15 @@ class MosquittoProcess:
             )
         proc = self.proc
         try:
-            _wait_listening(self.port, lambda: proc.poll() is None, timeout)
+            wait_listening(self.port, lambda: proc.poll() is None, timeout)
         except RuntimeError as e:
             self.stop()
             raise RuntimeError(f"{e}; mosquitto log:\n{self.log()}") from e
 
-    def stop(self) -> int | None:
-        """SIGTERM, so Mosquitto writes its persistence file."""
+    def stop(self, timeout: float = 10) -> int | None:
+        """SIGTERM, so Mosquitto writes its persistence file (SIGKILL after ``timeout`` s)."""
         proc, self.proc = self.proc, None
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        return proc.returncode
+        return None if proc is None else terminate(proc, timeout)
 
     def restart(self) -> None:
         self.stop()

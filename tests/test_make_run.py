@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
-import requests
-
+from tests.server_process import answers_healthz
 from tests.support import REPO, free_port
+from tests.waiting import wait_until
 
 
 def test_make_run_serves_https_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
@@ -32,24 +31,13 @@ def test_make_run_serves_https_and_stops_cleanly_on_sigterm(tmp_path: Path) -> N
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+    def serving() -> bool:
+        assert proc.poll() is None, log.read_text()
+        return answers_healthz(f"https://127.0.0.1:{port}", data / "pki" / "ca.pem")
+
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, log.read_text()
-            ca = data / "pki" / "ca.pem"
-            try:
-                if (
-                    ca.exists()
-                    and requests.get(
-                        f"https://127.0.0.1:{port}/healthz", verify=str(ca), timeout=2
-                    ).ok
-                ):
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
-        else:
-            raise AssertionError(f"make run did not serve: {log.read_text()}")
+        wait_until("make run to serve", serving, 300, 0.2, detail=log.read_text)
         text = log.read_text()
         assert "admin password:" in text and "admin API token:" in text
         token_file = data / "admin-token"
@@ -70,12 +58,11 @@ def test_make_run_serves_https_and_stops_cleanly_on_sigterm(tmp_path: Path) -> N
             os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)
         # make exits at once; the server it started shuts down in its own time.
-        deadline = time.monotonic() + 30
-        while _group_alive(proc.pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if _group_alive(proc.pid):
+        try:
+            wait_until("the server to stop on SIGTERM", lambda: not _group_alive(proc.pid), 30)
+        except AssertionError:
             os.killpg(proc.pid, signal.SIGKILL)
-            raise AssertionError("the server did not stop within 30 s of SIGTERM")
+            raise
     assert "Traceback" not in log.read_text()
     assert "server stopped" in log.read_text()
 

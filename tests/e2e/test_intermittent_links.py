@@ -15,6 +15,7 @@ import pytest
 
 from tests.e2e.netns import Host, Lab
 from tests.support import BIN
+from tests.waiting import wait_until
 
 N_AGENTS = 5
 CONVERGE = 240.0
@@ -114,17 +115,6 @@ def start_agent(agent: Host, root: Path, seed: Path) -> subprocess.Popen[Any]:
         )
 
 
-def wait_until(what: str, check: Any, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last is True:
-            return
-        time.sleep(1.0)
-    raise AssertionError(f"timed out waiting for {what}: {last}")
-
-
 def outbox_last_seq(root: Path) -> int:
     data = json.loads((root / "state" / "outbox.json").read_text())
     return int(data["next_seq"]) - 1
@@ -161,18 +151,18 @@ def test_agents_catch_up_exactly_once_after_cuts_and_loss(
         for agent, root in zip(lab.agents, roots, strict=True):
             start_agent(agent, root, seed)
 
-        def converged() -> Any:
+        def behind() -> Any:
+            """What keeps the fleet from being converged (nothing when it is)."""
             devices = server.devices()
             if len(devices) != N_AGENTS:
                 return f"{len(devices)} devices"
-            behind = [
+            return [
                 (d["id"], d["observed_generation"], d["generation"])
                 for d in devices
                 if d["observed_generation"] != d["generation"]
             ]
-            return True if not behind else behind
 
-        wait_until("first convergence", converged, CONVERGE)
+        wait_until("first convergence", lambda: not behind(), CONVERGE, 1.0, behind)
         first = {d["id"]: d["generation"] for d in server.devices()}
 
         # Three links are cut, two hosts lose 30 % of their packets; the spec changes twice.
@@ -192,7 +182,9 @@ def test_agents_catch_up_exactly_once_after_cuts_and_loss(
         for agent in lab.agents[:3]:
             agent.link_up()
 
-        wait_until("convergence after the links came back", converged, CONVERGE)
+        wait_until(
+            "convergence after the links came back", lambda: not behind(), CONVERGE, 1.0, behind
+        )
         for agent in lab.agents[3:]:
             agent.clear_drop()
 
@@ -202,16 +194,23 @@ def test_agents_catch_up_exactly_once_after_cuts_and_loss(
             identity = json.loads((root / "state" / "identity.json").read_text())
             by_name[identity["device_id"]] = root
 
-        def all_acked() -> Any:
-            pending = {}
+        def pending() -> dict[str, Any]:
+            """Devices with a written status event the server has not applied exactly once."""
+            late: dict[str, Any] = {}
             for device_id, root in by_name.items():
                 written = outbox_last_seq(root)
                 applied = server.show(device_id)["reported"]["status_events"]
                 if applied != {"events": written, "distinct": written, "max_seq": written}:
-                    pending[device_id] = (written, applied)
-            return True if not pending else pending
+                    late[device_id] = (written, applied)
+            return late
 
-        wait_until("every written status event applied exactly once", all_acked, 120)
+        wait_until(
+            "every written status event applied exactly once",
+            lambda: not pending(),
+            120,
+            1.0,
+            pending,
+        )
         for device_id, root in by_name.items():
             shown = server.show(device_id)
             assert shown["reported"]["observed_generation"] == latest[device_id]

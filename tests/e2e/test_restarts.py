@@ -16,24 +16,11 @@ import pytest
 from node_image.agent import seed as seed_mod
 from node_image.agent.daemon import Agent, AgentSettings
 from node_image.host import SimulatedHost
-from tests.support import Server, start_agent
+from tests.support import Server, device, set_group, start_agent
+from tests.waiting import wait_until
 
 FILES = 1500
-
-
-def set_group(server: Server, name: str, selector: str, config: list[dict[str, Any]]) -> int:
-    body: dict[str, Any] = {"spec": {"config": config}}
-    response = server.api("PATCH", f"/api/v1/groups/{name}", body)
-    if response.status_code == 404:
-        response = server.api(
-            "POST", "/api/v1/groups", {"name": name, "selector": selector, **body}
-        )
-    assert response.ok, response.text
-    return int(response.json()["devices_changed"])
-
-
-def device(server: Server, device_id: str) -> dict[str, Any]:
-    return dict(server.api("GET", f"/api/v1/devices/{device_id}").json())
+CONVERGE = 120.0  # seconds an agent gets to converge after a restart
 
 
 def many_files(version: str, count: int) -> list[dict[str, Any]]:
@@ -43,21 +30,12 @@ def many_files(version: str, count: int) -> list[dict[str, Any]]:
     ]
 
 
-def wait_until(what: str, check: Any, seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.mark.slow
 def test_agent_killed_mid_reconcile_resumes_and_converges(
     fleet_server: Server, tmp_path: Path
 ) -> None:
     server = fleet_server
-    set_group(server, "big", "role=big", [])
+    set_group(server, "big", "role=big", {"config": []})
     token = server.create_token(labels={"role": "big"})["token"]
     seed = tmp_path / "seed.json"
     seed.write_text(json.dumps({"server": server.url, "token": token}))
@@ -70,14 +48,14 @@ def test_agent_killed_mid_reconcile_resumes_and_converges(
 
     agent = start()
     try:
-        wait_until("registration", lambda: (state / "identity.json").exists())
+        wait_until("registration", lambda: (state / "identity.json").exists(), CONVERGE)
         device_id = json.loads((state / "identity.json").read_text())["device_id"]
-        wait_until("first convergence", lambda: device(server, device_id)["in_sync"])
+        wait_until("first convergence", lambda: device(server, device_id)["in_sync"], CONVERGE)
         caught_midway = 0
         for round_ in range(3):
             version = f"v{round_}"
             count = FILES - 400 * round_  # later rounds also remove files
-            set_group(server, "big", "role=big", many_files(version, count))
+            set_group(server, "big", "role=big", {"config": many_files(version, count)})
 
             def written(version: str = version) -> int:
                 try:
@@ -85,7 +63,7 @@ def test_agent_killed_mid_reconcile_resumes_and_converges(
                 except OSError:
                     return 0
 
-            wait_until("the reconcile to start", lambda: written() > 0, seconds=60)
+            wait_until("the reconcile to start", lambda: written() > 0, timeout=60)
             time.sleep(random.uniform(0, 0.05))
             agent.kill()
             agent.wait()
@@ -93,12 +71,11 @@ def test_agent_killed_mid_reconcile_resumes_and_converges(
                 caught_midway += 1
             agent = start()
             generation = device(server, device_id)["desired"]["generation"]
-            wait_until(
-                f"convergence to {version}",
-                lambda g=generation: (
-                    device(server, device_id)["reported"]["observed_generation"] == g
-                ),
-            )
+
+            def converged(g: int = generation) -> bool:
+                return bool(device(server, device_id)["reported"]["observed_generation"] == g)
+
+            wait_until(f"convergence to {version}", converged, CONVERGE)
             names = sorted(p.name for p in app_dir.iterdir() if not p.name.startswith("."))
             assert names == [f"part-{i:04d}.conf" for i in range(count)]
             assert all((app_dir / n).read_text().startswith(version) for n in names)
@@ -111,6 +88,7 @@ def test_agent_killed_mid_reconcile_resumes_and_converges(
                 device(server, device_id)["reported"]["status_events"]["max_seq"]
                 == outbox["next_seq"] - 1
             ),
+            CONVERGE,
         )
         counts = device(server, device_id)["reported"]["status_events"]
         assert counts["events"] == counts["distinct"] == counts["max_seq"]
@@ -124,8 +102,9 @@ async def test_agents_ride_out_server_and_broker_restarts(
     fleet_server: Server, tmp_path: Path
 ) -> None:
     server = fleet_server
+    x_conf = {"path": "/etc/x.conf", "mode": 0o644}
     await asyncio.to_thread(
-        set_group, server, "g", "site=x", [{"path": "/etc/x.conf", "mode": 0o644, "content": "1"}]
+        set_group, server, "g", "site=x", {"config": [{**x_conf, "content": "1"}]}
     )
     token = (await asyncio.to_thread(server.create_token, labels={"site": "x"}, max_uses=5))[
         "token"
@@ -157,7 +136,7 @@ async def test_agents_ride_out_server_and_broker_restarts(
                 server,
                 "g",
                 "site=x",
-                [{"path": "/etc/x.conf", "mode": 0o644, "content": content}],
+                {"config": [{**x_conf, "content": content}]},
             )
             target = (await asyncio.to_thread(device, server, agents[0].device_id or ""))[
                 "desired"

@@ -10,6 +10,7 @@ import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import pytest
@@ -102,30 +103,19 @@ class Harness:
         wait: float = 2,
     ) -> list[str]:
         """mosquitto_sub with this certificate (client id: its CN unless given)."""
-        return mosquitto_sub(
-            self.port,
-            self.ca_path,
-            cert.cert if cert else None,
-            cert.key if cert else None,
-            topics,
-            client_id=client_id or (cert.cn if cert else None),
-            count=count,
-            wait=wait,
-        )
+        who = client_id or (cert.cn if cert else None)
+        return mosquitto_sub(*self._cli(cert), topics, client_id=who, count=count, wait=wait)
 
     def pub(
         self, cert: Cert | None, topic: str, message: str, *, client_id: str | None = None
     ) -> list[str]:
         """mosquitto_pub with this certificate (client id: its CN unless given)."""
-        return mosquitto_pub(
-            self.port,
-            self.ca_path,
-            cert.cert if cert else None,
-            cert.key if cert else None,
-            topic,
-            message,
-            client_id=client_id or (cert.cn if cert else None),
-        )
+        who = client_id or (cert.cn if cert else None)
+        return mosquitto_pub(*self._cli(cert), topic, message, client_id=who)
+
+    def _cli(self, cert: Cert | None) -> tuple[int, Path, Path | None, Path | None]:
+        """Where mosquitto_sub/pub connect and with which certificate."""
+        return self.port, self.ca_path, cert.cert if cert else None, cert.key if cert else None
 
     async def revoke(self, cert: Cert) -> None:
         """Embedded: is_revoked now says yes. Mosquitto: a new CRL, SIGHUP, and wait until
@@ -199,20 +189,21 @@ async def broker(
         yield harness
 
 
-@pytest.fixture
-async def embedded(
-    tmp_path: Path, ca: identity.CertificateAuthority, certs: dict[str, Cert]
-) -> AsyncIterator[Harness]:
-    async with running("embedded", tmp_path, ca, certs) as harness:
-        yield harness
+def one_broker(kind: str) -> Any:
+    """A fixture named ``kind``: that broker alone, for tests of what only it does."""
+
+    @pytest.fixture(name=kind)
+    async def fixture(
+        tmp_path: Path, ca: identity.CertificateAuthority, certs: dict[str, Cert]
+    ) -> AsyncIterator[Harness]:
+        async with running(kind, tmp_path, ca, certs) as harness:
+            yield harness
+
+    return fixture
 
 
-@pytest.fixture
-async def mosquitto(
-    tmp_path: Path, ca: identity.CertificateAuthority, certs: dict[str, Cert]
-) -> AsyncIterator[Harness]:
-    async with running("mosquitto", tmp_path, ca, certs) as harness:
-        yield harness
+embedded = one_broker("embedded")
+mosquitto = one_broker("mosquitto")
 
 
 async def receive(client: aiomqtt.Client, topic: str, seconds: float = 5) -> aiomqtt.Message:

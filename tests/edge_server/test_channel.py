@@ -13,6 +13,7 @@ import requests
 from registration.desired import nudge_topic, status_topic
 from tests.mqtt_support import mosquitto_pub, mosquitto_sub
 from tests.support import Machine, Server
+from tests.waiting import wait_until
 
 
 def registered(server: Server, tmp_path: Path, name: str) -> tuple[str, tuple[str, str]]:
@@ -65,15 +66,6 @@ def publish(
     return subprocess.run(argv, capture_output=True, text=True, timeout=30)
 
 
-def wait_for(what: str, check: Any, seconds: float = 20) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_spoofed_and_malformed_status_over_mqtt(fleet_server: Server, tmp_path: Path) -> None:
     server = fleet_server
     a_id, a_cert = registered(server, tmp_path, "a")
@@ -84,9 +76,9 @@ def test_spoofed_and_malformed_status_over_mqtt(fleet_server: Server, tmp_path: 
     dropped = stats(server)["dropped"]
     for junk in ("{not json", json.dumps({"events": [{"seq": "one"}]}), json.dumps([1, 2])):
         assert publish(server, a_cert, a_id, status_topic(a_id), junk).returncode == 0
-    wait_for("malformed status dropped", lambda: stats(server)["dropped"] >= dropped + 3)
+    wait_until("malformed status dropped", lambda: stats(server)["dropped"] >= dropped + 3)
     assert publish(server, a_cert, a_id, status_topic(a_id), json.dumps(batch(1))).returncode == 0
-    wait_for("A's status applied", lambda: events(server, a_id)["events"] == 1)
+    wait_until("A's status applied", lambda: events(server, a_id)["events"] == 1)
     assert events(server, b_id) == {"events": 0, "distinct": 0, "max_seq": 0}
     assert requests.get(f"{server.url}/healthz", verify=str(server.ca), timeout=10).ok
 
@@ -176,7 +168,7 @@ def test_demo_shows_fifty_online_devices_at_the_current_generation(tmp_path: Pat
                 for d in devices
             )
 
-        wait_for("50 demo devices online and converged", converged, seconds=180)
+        wait_until("50 demo devices online and converged", converged, timeout=180)
         table = subprocess.run(
             [str(BIN / "corral"), "--data-dir", str(data), "device", "list"],
             capture_output=True,

@@ -21,10 +21,8 @@ from cryptography.x509.oid import NameOID
 from tests.support import Machine, Server
 
 
-def post_register(server: Server, body: Any, **kw: Any) -> requests.Response:
-    return requests.post(
-        f"{server.url}/api/v1/register", json=body, verify=str(server.ca), timeout=30, **kw
-    )
+def post_register(server: Server, body: Any = None, **kw: Any) -> requests.Response:
+    return server.request("POST", "/api/v1/register", json=body, **kw)
 
 
 def assert_error(response: requests.Response, status: int, code: str | None = None) -> None:
@@ -137,26 +135,16 @@ def test_body_over_64_kib_is_refused_with_413(shared_server: Server) -> None:
     assert_error(post_register(shared_server, body), 413, "payload_too_large")
     # Streamed without a Content-Length, the limit still holds.
     data = json.dumps(body).encode()
-    response = requests.post(
-        f"{shared_server.url}/api/v1/register",
-        data=iter([data[:1000], data[1000:]]),
-        headers={"Content-Type": "application/json"},
-        verify=str(shared_server.ca),
-        timeout=30,
-    )
+    streamed = iter([data[:1000], data[1000:]])
+    headers = {"Content-Type": "application/json"}
+    response = post_register(shared_server, data=streamed, headers=headers)
     assert_error(response, 413, "payload_too_large")
 
 
 def test_wrong_content_type_is_refused_with_415(shared_server: Server) -> None:
     token = shared_server.create_token()
     body = json.dumps(Machine().request(token["token"]))
-    response = requests.post(
-        f"{shared_server.url}/api/v1/register",
-        data=body,
-        headers={"Content-Type": "text/plain"},
-        verify=str(shared_server.ca),
-        timeout=30,
-    )
+    response = post_register(shared_server, data=body, headers={"Content-Type": "text/plain"})
     assert_error(response, 415, "unsupported_media_type")
 
 
@@ -178,13 +166,8 @@ def test_facts_with_wrong_types_are_refused_with_400(shared_server: Server) -> N
 
 
 def test_body_that_is_not_json_is_refused_with_400(shared_server: Server) -> None:
-    response = requests.post(
-        f"{shared_server.url}/api/v1/register",
-        data=b"{not json",
-        headers={"Content-Type": "application/json"},
-        verify=str(shared_server.ca),
-        timeout=30,
-    )
+    headers = {"Content-Type": "application/json"}
+    response = post_register(shared_server, data=b"{not json", headers=headers)
     assert_error(response, 400, "invalid_json")
 
 

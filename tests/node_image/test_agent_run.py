@@ -10,7 +10,6 @@ import asyncio
 import json
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,8 @@ import pytest
 from node_image.agent import seed as seed_mod
 from node_image.agent.daemon import Agent, AgentSettings
 from node_image.host import SimulatedHost
-from tests.support import Server, start_agent
+from tests.support import Server, device, set_group, start_agent
+from tests.waiting import wait_for, wait_until
 
 WAIT = 30.0
 
@@ -38,36 +38,6 @@ def write_seed(server: Server, path: Path, **labels: str) -> Path:
 
 def config(*files: tuple[str, str, int]) -> dict[str, Any]:
     return {"config": [{"path": p, "content": c, "mode": m} for p, c, m in files]}
-
-
-def set_group(server: Server, name: str, selector: str, spec: dict[str, Any]) -> None:
-    response = server.api("PATCH", f"/api/v1/groups/{name}", {"spec": spec})
-    if response.status_code == 404:
-        body = {"name": name, "selector": selector, "spec": spec}
-        response = server.api("POST", "/api/v1/groups", body)
-    assert response.status_code in (200, 201), response.text
-
-
-def device(server: Server, device_id: str) -> dict[str, Any]:
-    response = server.api("GET", f"/api/v1/devices/{device_id}")
-    assert response.status_code == 200, response.text
-    data: dict[str, Any] = response.json()
-    return data
-
-
-def wait_until(what: str, check: Callable[[], Any], timeout: float = WAIT) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
-async def wait_for(what: str, check: Callable[[], Any], seconds: float = WAIT) -> Any:
-    return await asyncio.to_thread(wait_until, what, check, seconds)
 
 
 def rootfs_file(host: SimulatedHost, path: str) -> Path:
@@ -161,12 +131,14 @@ def test_agent_process_converges_survives_kill9_and_stops_cleanly_on_sigterm(
     rootfs = simulated / "rootfs"
     proc = start_agent(state, seed, simulated, log)
     try:
-        device_id = wait_until(
-            "registration",
-            lambda: (
-                (state / "identity.json").exists()
-                and json.loads((state / "identity.json").read_text())["device_id"]
-            ),
+        device_id = str(
+            wait_until(
+                "registration",
+                lambda: (
+                    (state / "identity.json").exists()
+                    and json.loads((state / "identity.json").read_text())["device_id"]
+                ),
+            )
         )
         wait_until("generation 1", lambda: device(server, device_id)["in_sync"])
         assert (rootfs / "etc/shop.conf").read_text() == "v1"

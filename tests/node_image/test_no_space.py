@@ -8,14 +8,13 @@ import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from node_image.agent import seed as seed_mod
 from node_image.agent.daemon import Agent, AgentSettings
 from node_image.host import SimulatedHost
-from tests.support import Server
+from tests.support import Server, device
 
 
 @pytest.fixture
@@ -29,10 +28,6 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
         yield mountpoint
     finally:
         subprocess.run(["umount", "-l", str(mountpoint)], check=False)
-
-
-def device(server: Server, device_id: str) -> dict[str, Any]:
-    return dict(server.api("GET", f"/api/v1/devices/{device_id}").json())
 
 
 async def test_no_space_is_an_error_condition_then_retried_until_applied(

@@ -55,24 +55,21 @@ def test_fixtures_present() -> None:
     ]
 
 
-def test_usb_stick_is_usb_and_removable() -> None:
-    disk = fixture_disk("qemu-sdb")
-    assert disk.name == "sdb"
-    assert disk.bus == "usb"
-    assert disk.removable is True
+@pytest.mark.parametrize(
+    ("fixture", "name", "bus", "removable", "serial"),
+    [
+        # ID_SERIAL_SHORT wins over ID_SERIAL
+        pytest.param("qemu-sdb", "sdb", "usb", True, "1-0000:00:04.0-1", id="usb-is-removable"),
+        pytest.param("qemu-sda", "sda", "ata", False, "QM00005", id="sata-is-fixed"),
+    ],
+)
+def test_recorded_disk_has_its_bus_removability_and_serial(
+    fixture: str, name: str, bus: str, removable: bool, serial: str
+) -> None:
+    disk = fixture_disk(fixture)
+    assert (disk.name, disk.bus, disk.removable, disk.serial) == (name, bus, removable, serial)
     assert disk.size_bytes == 64 * MiB
     assert disk.model == "QEMU_HARDDISK"
-    assert disk.serial == "1-0000:00:04.0-1"  # ID_SERIAL_SHORT wins over ID_SERIAL
-
-
-def test_sata_disk_is_ata_and_fixed() -> None:
-    disk = fixture_disk("qemu-sda")
-    assert disk.name == "sda"
-    assert disk.bus == "ata"
-    assert disk.removable is False
-    assert disk.size_bytes == 64 * MiB
-    assert disk.model == "QEMU_HARDDISK"
-    assert disk.serial == "QM00005"
 
 
 def test_virtio_disk_bus_comes_from_devpath() -> None:
