@@ -33,8 +33,14 @@ What lives where: sessions of ``clean_session=False`` clients (their subscriptio
 QoS 1 messages) and retained messages are kept in memory while the broker runs; a disconnected
 persistent session expires after ``SESSION_EXPIRY_SECONDS``. Nothing survives :meth:`stop` or a
 process restart: devices resubscribe when they reconnect, and the server's channel republishes
-every nudge a device has not yet observed when it reconnects. Revocation is checked when a
-client connects; a device already connected stays connected until it reconnects.
+every nudge a device has not yet observed when it reconnects.
+
+One connection per client id: a client that connects again (an agent whose old link is
+half-dead) first has its previous connection closed by the gate (:meth:`_take_over`), so
+amqtt resumes the session instead of running its own take-over, which left the session
+marked offline and its QoS 1 messages queued. Revocation is checked when a client connects,
+and :meth:`EmbeddedBroker.end` (the app's ``SessionControl``) closes the connections of
+revoked devices at once.
 
 amqtt speaks MQTT 3.1.1 only, so there are no shared subscriptions here (Mosquitto has them).
 """
@@ -47,7 +53,7 @@ import logging
 import ssl
 import struct
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +87,7 @@ CONNECT_TIMEOUT = 10.0
 MAX_CONNECT_BYTES = 64 * 1024
 BACKLOG = 1024  # a fleet reconnects at once after a restart
 SESSION_EXPIRY_SECONDS = 14 * 24 * 3600
+TAKE_OVER_TIMEOUT = 10.0
 MQTT_311 = 4
 LISTENER = "default"
 
@@ -237,6 +244,7 @@ class EmbeddedBroker:
         self._server: asyncio.Server | None = None
         self._tls: ssl.SSLContext | None = None
         self._gated: set[asyncio.StreamWriter] = set()
+        self._live: dict[str, _Live] = {}  # client id -> its admitted connection
 
     @property
     def stats(self) -> BrokerStats:
@@ -297,7 +305,7 @@ class EmbeddedBroker:
     # --- the gate ------------------------------------------------------------------------
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        admitted: _ReplayReader | None = None
+        admitted: tuple[_ReplayReader, str] | None = None
         self._gated.add(writer)
         try:
             admitted = await self._gate(reader, writer)
@@ -308,12 +316,55 @@ class EmbeddedBroker:
                 writer.close()
         if admitted is None or amqtt is None:
             return
+        reader_, client_id = admitted
+        live = _Live(writer)
+        await self._take_over(client_id, live)
+        self._refresh_session(client_id, writer.get_extra_info("ssl_object"))
         self.stats.connections_accepted += 1
-        await amqtt.external_connected(admitted, StreamWriterAdapter(writer), LISTENER)
+        try:
+            await amqtt.external_connected(reader_, StreamWriterAdapter(writer), LISTENER)
+        finally:
+            if self._live.get(client_id) is live:
+                del self._live[client_id]
+            live.done.set()
+
+    async def _take_over(self, client_id: str, live: _Live) -> None:
+        """Close the connection that holds ``client_id`` and wait until amqtt has finished
+        with it, then make ``live`` the holder.
+
+        amqtt 0.12.1's own take-over shares one session object between the old connection
+        and the new one; when the old connection's handler then ends, it marks that shared
+        session disconnected, and amqtt queues every later message for the session instead
+        of sending it, although the new connection is up. Ending the old connection first
+        makes amqtt's CONNECT see a disconnected session, which it simply resumes.
+        """
+        while (old := self._live.get(client_id)) is not None:
+            log.info("MQTT client %s connected again; closing its previous connection", client_id)
+            old.close()
+            try:
+                async with asyncio.timeout(TAKE_OVER_TIMEOUT):
+                    await old.done.wait()
+            except TimeoutError:
+                log.warning("the previous connection of %s did not end in time", client_id)
+                if self._live.get(client_id) is old:
+                    del self._live[client_id]
+        self._live[client_id] = live
+
+    async def end(self, device_ids: Sequence[str]) -> None:
+        """End these clients' live connections (a revoked device; see ``sessions.py``).
+        The gate asks the store again when they reconnect, and refuses them."""
+        ending = [live for d in device_ids if (live := self._live.get(d)) is not None]
+        for live in ending:
+            live.close()
+        if ending:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(TAKE_OVER_TIMEOUT):
+                    await asyncio.gather(*(live.done.wait() for live in ending))
+        log.info("ended %d live MQTT connection(s) of %d device(s)", len(ending), len(device_ids))
 
     async def _gate(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> _ReplayReader | None:
+    ) -> tuple[_ReplayReader, str] | None:
         """Handshake, read the CONNECT and admit it; the reader replays it to amqtt."""
         try:
             return await self._admit(reader, writer)
@@ -323,7 +374,7 @@ class EmbeddedBroker:
 
     async def _admit(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> _ReplayReader:
+    ) -> tuple[_ReplayReader, str]:
         recorder = _ReplayReader(StreamReaderAdapter(reader))
         connect = await self._read_connect(recorder, writer)
         if connect.proto_level != MQTT_311:
@@ -336,8 +387,7 @@ class EmbeddedBroker:
             raise _Refused(reason, peer=peer, connack=SERVER_UNAVAILABLE)
         if reason is not None:
             raise _Refused(reason, peer=peer, connack=NOT_AUTHORIZED)
-        self._refresh_session(client_id, ssl_object)
-        return recorder.replay()
+        return recorder.replay(), client_id
 
     async def _read_connect(
         self, recorder: _ReplayReader, writer: asyncio.StreamWriter
@@ -390,6 +440,18 @@ class EmbeddedBroker:
                 async with asyncio.timeout(CONNECT_TIMEOUT):
                     await writer.drain()
         writer.close()
+
+
+class _Live:
+    """An admitted connection: closed at once (no flush) when taken over or revoked;
+    ``done`` is set once amqtt has finished with it."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.done = asyncio.Event()
+
+    def close(self) -> None:
+        self.writer.transport.abort()
 
 
 class _Refused(Exception):
