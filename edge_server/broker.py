@@ -52,8 +52,10 @@ import contextlib
 import logging
 import ssl
 import struct
+import time
 import uuid
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +90,7 @@ MAX_CONNECT_BYTES = 64 * 1024
 BACKLOG = 1024  # a fleet reconnects at once after a restart
 SESSION_EXPIRY_SECONDS = 14 * 24 * 3600
 TAKE_OVER_TIMEOUT = 10.0
+KEEPALIVE_GRACE = 1.5  # MQTT 3.1.1: a server closes a client silent for 1.5 × its keepalive
 MQTT_311 = 4
 LISTENER = "default"
 
@@ -153,6 +156,7 @@ class _ReplayReader(ReaderAdapter):
         self._inner = inner
         self._buffer = bytearray()
         self._recording = True
+        self.last_data = time.monotonic()  # when bytes last arrived
 
     def replay(self) -> _ReplayReader:
         self._recording = False
@@ -164,7 +168,10 @@ class _ReplayReader(ReaderAdapter):
             self._buffer += data
             return data
         if not self._buffer:
-            return bytes(await self._inner.read(n))
+            data = bytes(await self._inner.read(n))
+            if data:
+                self.last_data = time.monotonic()
+            return data
         if n == -1:
             head = bytes(self._buffer)
             self._buffer.clear()
@@ -305,7 +312,7 @@ class EmbeddedBroker:
     # --- the gate ------------------------------------------------------------------------
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        admitted: tuple[_ReplayReader, str] | None = None
+        admitted: _Admitted | None = None
         self._gated.add(writer)
         try:
             admitted = await self._gate(reader, writer)
@@ -316,14 +323,16 @@ class EmbeddedBroker:
                 writer.close()
         if admitted is None or amqtt is None:
             return
-        reader_, client_id = admitted
-        live = _Live(writer)
+        client_id = admitted.client_id
+        live = _Live(writer, admitted.reader, admitted.keep_alive)
         await self._take_over(client_id, live)
         self._refresh_session(client_id, writer.get_extra_info("ssl_object"))
         self.stats.connections_accepted += 1
+        live.watch()
         try:
-            await amqtt.external_connected(reader_, StreamWriterAdapter(writer), LISTENER)
+            await amqtt.external_connected(admitted.reader, StreamWriterAdapter(writer), LISTENER)
         finally:
+            live.unwatch()
             if self._live.get(client_id) is live:
                 del self._live[client_id]
             live.done.set()
@@ -364,7 +373,7 @@ class EmbeddedBroker:
 
     async def _gate(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> tuple[_ReplayReader, str] | None:
+    ) -> _Admitted | None:
         """Handshake, read the CONNECT and admit it; the reader replays it to amqtt."""
         try:
             return await self._admit(reader, writer)
@@ -372,9 +381,7 @@ class EmbeddedBroker:
             await self._refuse(writer, refusal)
             return None
 
-    async def _admit(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> tuple[_ReplayReader, str]:
+    async def _admit(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> _Admitted:
         recorder = _ReplayReader(StreamReaderAdapter(reader))
         connect = await self._read_connect(recorder, writer)
         if connect.proto_level != MQTT_311:
@@ -387,7 +394,7 @@ class EmbeddedBroker:
             raise _Refused(reason, peer=peer, connack=SERVER_UNAVAILABLE)
         if reason is not None:
             raise _Refused(reason, peer=peer, connack=NOT_AUTHORIZED)
-        return recorder.replay(), client_id
+        return _Admitted(recorder.replay(), client_id, connect.keep_alive)
 
     async def _read_connect(
         self, recorder: _ReplayReader, writer: asyncio.StreamWriter
@@ -442,16 +449,53 @@ class EmbeddedBroker:
         writer.close()
 
 
-class _Live:
-    """An admitted connection: closed at once (no flush) when taken over or revoked;
-    ``done`` is set once amqtt has finished with it."""
+@dataclass(frozen=True)
+class _Admitted:
+    reader: _ReplayReader
+    client_id: str
+    keep_alive: int
 
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
+
+class _Live:
+    """An admitted connection: closed at once (no flush) when taken over, revoked or
+    silent; ``done`` is set once amqtt has finished with it.
+
+    amqtt 0.12.1 never enforces the keepalive (its broker's read-timeout handler does
+    nothing), so a client whose link died stayed connected, and listed online, until TCP
+    gave up (about 15 minutes when the broker had something to send, never otherwise).
+    :meth:`watch` closes a connection on which nothing arrived for 1.5 × its keepalive, as
+    MQTT 3.1.1 says; amqtt then publishes the client's will.
+    """
+
+    def __init__(self, writer: asyncio.StreamWriter, reader: _ReplayReader, keep_alive: int):
         self.writer = writer
+        self.reader = reader
+        self.keep_alive = keep_alive
         self.done = asyncio.Event()
+        self._timer: asyncio.TimerHandle | None = None
 
     def close(self) -> None:
         self.writer.transport.abort()
+
+    def watch(self) -> None:
+        if self.keep_alive > 0:
+            self._timer = asyncio.get_running_loop().call_later(self.keep_alive / 2, self._check)
+
+    def unwatch(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _check(self) -> None:
+        silent = time.monotonic() - self.reader.last_data
+        if silent > KEEPALIVE_GRACE * self.keep_alive:
+            log.info(
+                "MQTT client silent for %.0fs (keepalive %ss): closing", silent, self.keep_alive
+            )
+            self._timer = None
+            self.close()
+            return
+        self.watch()
 
 
 class _Refused(Exception):
