@@ -170,8 +170,9 @@ async def test_mosquitto_a_device_certificate_cannot_take_another_client_id(
     assert "Traceback" not in log, log[-4000:]
 
 
-async def test_deleting_a_device_ends_its_live_session_and_it_cannot_reconnect(
-    fleet_server: Server, tmp_path: Path
+@pytest.mark.parametrize("action", ["delete", "reset"])
+async def test_revoking_a_device_ends_its_live_session_and_it_cannot_reconnect(
+    fleet_server: Server, tmp_path: Path, action: str
 ) -> None:
     server = fleet_server
     a, a_cert, a_key = await asyncio.to_thread(register, server, tmp_path, "a")
@@ -179,14 +180,18 @@ async def test_deleting_a_device_ends_its_live_session_and_it_cannot_reconnect(
     async with process(argv) as held:
         got = await read_until(held, lambda s: "SUBACK" in s, 10)
         assert any("SUBACK" in s for s in got), got
-        response = await asyncio.to_thread(server.api, "DELETE", f"/api/v1/devices/{a}")
+        method, path = {
+            "delete": ("DELETE", f"/api/v1/devices/{a}"),
+            "reset": ("POST", f"/api/v1/devices/{a}/reset"),
+        }[action]
+        response = await asyncio.to_thread(server.api, method, path)
         assert response.status_code == 200, response.text
-        deleted = time.monotonic()
+        revoked = time.monotonic()
         # Cut off, mosquitto_sub reconnects by itself; refused (revoked), it exits.
         after = await read_until(held, lambda s: False, 15)
         async with asyncio.timeout(5):
             await held.wait()
-        assert time.monotonic() - deleted < 15
+        assert time.monotonic() - revoked < 15
         assert not [s for s in after if "CONNACK" in s], after  # never connected again
         # A fresh connection with the certificate is refused too.
         fresh = await run_cli(
