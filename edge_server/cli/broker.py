@@ -52,6 +52,8 @@ def mosquitto_config(args: argparse.Namespace) -> int:
         f"wrote {files.conf} (and ACL, certificates, CRL with {len(revoked)} serial(s))\n"
         f"run:   mosquitto -c {files.conf}\n"
         f"then:  corral serve --mqtt-url mqtts://{host}:{port}\n"
+        f"on a revocation the server SIGHUPs the pid in {files.pid} (CRL reread): run Mosquitto"
+        " as a user the server may signal\n"
     )
     return 0
 
