@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -14,10 +15,11 @@ from edge_server import api
 from edge_server.api.middleware import errors
 from edge_server.channel import Channel, ChannelSettings
 from edge_server.keys import CA, CA_PEM, CHANNEL, REGISTER_LIMITER, SESSIONS, SETTINGS, STORE
+from edge_server.mosquitto import MosquittoFiles
 from edge_server.pki import MQTT_IDENTITY, Pki
 from edge_server.ratelimit import FailureLimiter
 from edge_server.server_certs import SERVER_CERTS, ServerCertificates
-from edge_server.sessions import NoSessionControl
+from edge_server.sessions import MosquittoSessions, NoSessionControl, SessionControl
 from edge_server.settings import Settings
 from edge_server.store import Store
 from edge_server.store import devices as devices_store
@@ -36,9 +38,11 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _broker(app: web.Application) -> AsyncIterator[None]:
-    """The embedded MQTT broker, unless an external one is configured (--mqtt-url)."""
+    """The embedded MQTT broker, unless an external one is configured (--mqtt-url); and
+    the ``SessionControl`` that ends revoked devices' sessions on it (``sessions.py``)."""
     settings = app[SETTINGS]
     if not settings.embedded_broker:
+        app[SESSIONS] = _external_sessions(app)
         yield
         return
     from edge_server.broker import EmbeddedBroker
@@ -64,11 +68,24 @@ async def _broker(app: web.Application) -> AsyncIterator[None]:
     )
     await broker.start()
     certs.on_server_renewed(broker.reload_certificate)
+    app[SESSIONS] = broker
     log.info("embedded MQTT broker on %s", broker.url)
     try:
         yield
     finally:
         await broker.stop()
+
+
+def _external_sessions(app: web.Application) -> SessionControl:
+    """Mosquitto configured by ``corral broker mosquitto-config`` (its CRL is known)."""
+    settings = app[SETTINGS]
+    crl = settings.mqtt_crl_path
+    parts = urlsplit(settings.channel_url)
+    if crl is None or parts.hostname is None:
+        log.warning("external broker not set up by corral: revoked devices stay connected")
+        return NoSessionControl()
+    files = MosquittoFiles.under(crl.parent)
+    return MosquittoSessions(parts.hostname, parts.port or 8883, app[CA], files)
 
 
 async def _channel(app: web.Application) -> AsyncIterator[None]:

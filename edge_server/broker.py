@@ -33,8 +33,14 @@ What lives where: sessions of ``clean_session=False`` clients (their subscriptio
 QoS 1 messages) and retained messages are kept in memory while the broker runs; a disconnected
 persistent session expires after ``SESSION_EXPIRY_SECONDS``. Nothing survives :meth:`stop` or a
 process restart: devices resubscribe when they reconnect, and the server's channel republishes
-every nudge a device has not yet observed when it reconnects. Revocation is checked when a
-client connects; a device already connected stays connected until it reconnects.
+every nudge a device has not yet observed when it reconnects.
+
+One connection per client id: a client that connects again (an agent whose old link is
+half-dead) first has its previous connection closed by the gate (:meth:`_take_over`), so
+amqtt resumes the session instead of running its own take-over, which left the session
+marked offline and its QoS 1 messages queued. Revocation is checked when a client connects,
+and :meth:`EmbeddedBroker.end` (the app's ``SessionControl``) closes the connections of
+revoked devices at once.
 
 amqtt speaks MQTT 3.1.1 only, so there are no shared subscriptions here (Mosquitto has them).
 """
@@ -46,8 +52,10 @@ import contextlib
 import logging
 import ssl
 import struct
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +89,8 @@ CONNECT_TIMEOUT = 10.0
 MAX_CONNECT_BYTES = 64 * 1024
 BACKLOG = 1024  # a fleet reconnects at once after a restart
 SESSION_EXPIRY_SECONDS = 14 * 24 * 3600
+TAKE_OVER_TIMEOUT = 10.0
+KEEPALIVE_GRACE = 1.5  # MQTT 3.1.1: a server closes a client silent for 1.5 × its keepalive
 MQTT_311 = 4
 LISTENER = "default"
 
@@ -146,6 +156,7 @@ class _ReplayReader(ReaderAdapter):
         self._inner = inner
         self._buffer = bytearray()
         self._recording = True
+        self.last_data = time.monotonic()  # when bytes last arrived
 
     def replay(self) -> _ReplayReader:
         self._recording = False
@@ -157,7 +168,10 @@ class _ReplayReader(ReaderAdapter):
             self._buffer += data
             return data
         if not self._buffer:
-            return bytes(await self._inner.read(n))
+            data = bytes(await self._inner.read(n))
+            if data:
+                self.last_data = time.monotonic()
+            return data
         if n == -1:
             head = bytes(self._buffer)
             self._buffer.clear()
@@ -237,6 +251,7 @@ class EmbeddedBroker:
         self._server: asyncio.Server | None = None
         self._tls: ssl.SSLContext | None = None
         self._gated: set[asyncio.StreamWriter] = set()
+        self._live: dict[str, _Live] = {}  # client id -> its admitted connection
 
     @property
     def stats(self) -> BrokerStats:
@@ -302,7 +317,7 @@ class EmbeddedBroker:
     # --- the gate ------------------------------------------------------------------------
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        admitted: _ReplayReader | None = None
+        admitted: _Admitted | None = None
         self._gated.add(writer)
         try:
             admitted = await self._gate(reader, writer)
@@ -313,12 +328,57 @@ class EmbeddedBroker:
                 writer.close()
         if admitted is None or amqtt is None:
             return
+        client_id = admitted.client_id
+        live = _Live(writer, admitted.reader, admitted.keep_alive)
+        await self._take_over(client_id, live)
+        self._refresh_session(client_id, writer.get_extra_info("ssl_object"))
         self.stats.connections_accepted += 1
-        await amqtt.external_connected(admitted, StreamWriterAdapter(writer), LISTENER)
+        live.watch()
+        try:
+            await amqtt.external_connected(admitted.reader, StreamWriterAdapter(writer), LISTENER)
+        finally:
+            live.unwatch()
+            if self._live.get(client_id) is live:
+                del self._live[client_id]
+            live.done.set()
+
+    async def _take_over(self, client_id: str, live: _Live) -> None:
+        """Close the connection that holds ``client_id`` and wait until amqtt has finished
+        with it, then make ``live`` the holder.
+
+        amqtt 0.12.1's own take-over shares one session object between the old connection
+        and the new one; when the old connection's handler then ends, it marks that shared
+        session disconnected, and amqtt queues every later message for the session instead
+        of sending it, although the new connection is up. Ending the old connection first
+        makes amqtt's CONNECT see a disconnected session, which it simply resumes.
+        """
+        while (old := self._live.get(client_id)) is not None:
+            log.info("MQTT client %s connected again; closing its previous connection", client_id)
+            old.close()
+            try:
+                async with asyncio.timeout(TAKE_OVER_TIMEOUT):
+                    await old.done.wait()
+            except TimeoutError:
+                log.warning("the previous connection of %s did not end in time", client_id)
+                if self._live.get(client_id) is old:
+                    del self._live[client_id]
+        self._live[client_id] = live
+
+    async def end(self, device_ids: Sequence[str]) -> None:
+        """End these clients' live connections (a revoked device; see ``sessions.py``).
+        The gate asks the store again when they reconnect, and refuses them."""
+        ending = [live for d in device_ids if (live := self._live.get(d)) is not None]
+        for live in ending:
+            live.close()
+        if ending:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(TAKE_OVER_TIMEOUT):
+                    await asyncio.gather(*(live.done.wait() for live in ending))
+        log.info("ended %d live MQTT connection(s) of %d device(s)", len(ending), len(device_ids))
 
     async def _gate(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> _ReplayReader | None:
+    ) -> _Admitted | None:
         """Handshake, read the CONNECT and admit it; the reader replays it to amqtt."""
         try:
             return await self._admit(reader, writer)
@@ -326,9 +386,7 @@ class EmbeddedBroker:
             await self._refuse(writer, refusal)
             return None
 
-    async def _admit(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> _ReplayReader:
+    async def _admit(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> _Admitted:
         recorder = _ReplayReader(StreamReaderAdapter(reader))
         connect = await self._read_connect(recorder, writer)
         if connect.proto_level != MQTT_311:
@@ -341,8 +399,7 @@ class EmbeddedBroker:
             raise _Refused(reason, peer=peer, connack=SERVER_UNAVAILABLE)
         if reason is not None:
             raise _Refused(reason, peer=peer, connack=NOT_AUTHORIZED)
-        self._refresh_session(client_id, ssl_object)
-        return recorder.replay()
+        return _Admitted(recorder.replay(), client_id, connect.keep_alive)
 
     async def _read_connect(
         self, recorder: _ReplayReader, writer: asyncio.StreamWriter
@@ -395,6 +452,55 @@ class EmbeddedBroker:
                 async with asyncio.timeout(CONNECT_TIMEOUT):
                     await writer.drain()
         writer.close()
+
+
+@dataclass(frozen=True)
+class _Admitted:
+    reader: _ReplayReader
+    client_id: str
+    keep_alive: int
+
+
+class _Live:
+    """An admitted connection: closed at once (no flush) when taken over, revoked or
+    silent; ``done`` is set once amqtt has finished with it.
+
+    amqtt 0.12.1 never enforces the keepalive (its broker's read-timeout handler does
+    nothing), so a client whose link died stayed connected, and listed online, until TCP
+    gave up (about 15 minutes when the broker had something to send, never otherwise).
+    :meth:`watch` closes a connection on which nothing arrived for 1.5 × its keepalive, as
+    MQTT 3.1.1 says; amqtt then publishes the client's will.
+    """
+
+    def __init__(self, writer: asyncio.StreamWriter, reader: _ReplayReader, keep_alive: int):
+        self.writer = writer
+        self.reader = reader
+        self.keep_alive = keep_alive
+        self.done = asyncio.Event()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def close(self) -> None:
+        self.writer.transport.abort()
+
+    def watch(self) -> None:
+        if self.keep_alive > 0:
+            self._timer = asyncio.get_running_loop().call_later(self.keep_alive / 2, self._check)
+
+    def unwatch(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _check(self) -> None:
+        silent = time.monotonic() - self.reader.last_data
+        if silent > KEEPALIVE_GRACE * self.keep_alive:
+            log.info(
+                "MQTT client silent for %.0fs (keepalive %ss): closing", silent, self.keep_alive
+            )
+            self._timer = None
+            self.close()
+            return
+        self.watch()
 
 
 class _Refused(Exception):

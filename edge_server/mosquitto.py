@@ -4,11 +4,13 @@
 ``mosquitto.conf``, ``acl``, ``ca.pem``, ``broker.pem`` + ``broker-key.pem`` (the broker's TLS
 certificate), ``crl.pem``, ``corral-server.pem`` + ``corral-server-key.pem`` (the client
 certificate for ``corral serve --mqtt-url``), ``share-group`` (the server replicas' secret
-shared-subscription group) and a ``persistence/`` directory.
+shared-subscription group), a ``persistence/`` directory, and ``mosquitto.pid`` (written by
+Mosquitto, so the server can make it reread the CRL: :func:`reload`).
 
 The security scheme is the embedded broker's (``edge_server.broker``): TLS only, a client
 certificate signed by the Corral CA is required, and the identity is its CN
-(``use_identity_as_username``). The ACL gives a device only its own nudge (read) and its own
+(``use_identity_as_username``), and so is the client id (``use_username_as_clientid``).
+The ACL gives a device only its own nudge (read) and its own
 status and presence (write) through ``%u``; the server identity reads every device's status
 and presence and writes every nudge.
 
@@ -17,11 +19,14 @@ What Mosquitto 2.0.11 does, checked by ``tests/edge_server/test_broker.py``:
 - **CRL reload: SIGHUP is enough.** A changed ``crl.pem`` alone changes nothing. After
   :func:`write_crl` and a SIGHUP (``systemctl reload mosquitto``, ``kill -HUP``), a revoked
   certificate is refused on its next connection; no restart is needed. SIGHUP does not drop
-  connections made before, so a revoked device stays online until it reconnects; restart
-  Mosquitto to cut it off at once (persistence keeps retained nudges and queued messages
-  across a clean restart, which is also checked).
+  connections made before. So on a revocation the server (``sessions.MosquittoSessions``)
+  sends the SIGHUP itself (:func:`reload`, through ``mosquitto.pid``; Mosquitto must run as
+  a user the server may signal) and then takes the device's session over, which closes its
+  connection (persistence keeps retained nudges and queued messages across a clean restart,
+  which is also checked).
 - **Subscriptions are not checked, deliveries are.** The ACL file never checks a SUBSCRIBE: any
-  filter is granted, ``$share/<group>/...`` included. Each message is then checked against the
+  filter is granted (SUBACK with the requested QoS, never 0x80), ``$share/<group>/...``
+  included. Each message is then checked against the
   receiver's ``read`` rules with its real topic (no ``$share`` prefix). So the server's
   ``$share/<group>/corral/v1/devices/+/status`` receives status, and a device that subscribes
   to another device's nudge (or to ``#``) is granted the subscription but sent nothing it may
@@ -31,11 +36,19 @@ What Mosquitto 2.0.11 does, checked by ``tests/edge_server/test_broker.py``:
   read check drops them, and they reach no server replica (a third of them, with two
   replicas). :func:`write_config` therefore makes a random group name, kept in
   ``share-group``; the server's channel must subscribe with it.
-- **Client ids.** The username is the certificate's CN whatever client id a device sends, and
-  the ACL is written with ``%u``, so a wrong client id cannot widen what a device may read or
-  write. It can still take over the MQTT session (and connection) that uses that client id:
-  Mosquitto has no rule tying client id to username short of ``use_username_as_clientid``,
-  which would also force every server replica onto one client id. Revoke such a device.
+- **Wills are checked when they fire, not at CONNECT.** A will on another device's topic is
+  accepted with the connection; when the connection dies, the will is checked against the
+  client's ``write`` rules like any PUBLISH and dropped. So nothing forged is delivered.
+  Tightening either (SUBACK 0x80, a refused CONNECT) would take a plugin: the ACL file has no
+  subscribe rules in 2.0, and the dynamic-security plugin, which has them, knows only clients
+  listed in its own JSON file, so every device would have to be mirrored there. The embedded
+  broker refuses both.
+- **Client ids.** ``use_username_as_clientid``: the client id is the certificate's CN
+  whatever the client sends, so a certificate can no longer take over another client's
+  session and connection (the server's ``corral-server`` included). A second connection with
+  the same certificate still takes over the first, as MQTT says. Each server replica
+  therefore needs its own certificate and CN, given the server's rights in the ACL
+  (``write_config(replicas=...)``).
 
 Also (checked by hand): a CRL with no entries is still written, because with ``crlfile`` set
 Mosquitto refuses every client whose issuer has no CRL. The CRL's nextUpdate is the CA's own
@@ -48,10 +61,12 @@ to the ``mosquitto`` user, which cannot read this 0700 directory: pass ``run_as`
 from __future__ import annotations
 
 import datetime as dt
+import os
 import secrets
+import signal
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +98,7 @@ class MosquittoFiles:
     server_cert: Path
     server_key: Path
     share_group_file: Path
+    pid: Path
 
     @property
     def share_group(self) -> str:
@@ -103,6 +119,7 @@ class MosquittoFiles:
             server_cert=out_dir / f"{server_identity}.pem",
             server_key=out_dir / f"{server_identity}-key.pem",
             share_group_file=out_dir / "share-group",
+            pid=out_dir / "mosquitto.pid",
         )
 
 
@@ -136,20 +153,26 @@ def write_crl(files: MosquittoFiles, crl_pem: bytes) -> None:
     write_public(files.crl, crl_pem)
 
 
-def acl_text(server_identity: str) -> str:
+def acl_text(server_identities: Sequence[str]) -> str:
+    """Devices through ``%u``; each server identity (one per replica: the client id is the
+    CN, so replicas need their own) reads all status and presence and writes all nudges."""
     root = TOPIC_ROOT
-    return (
+    text = (
         "# Written by Corral (edge_server/mosquitto.py); regenerate rather than edit.\n"
         "# %u is the client certificate's CN (use_identity_as_username).\n"
         f"pattern read {root}/%u/nudge\n"
         f"pattern write {root}/%u/status\n"
         f"pattern write {root}/%u/presence\n"
-        "\n"
-        f"user {server_identity}\n"
-        f"topic read {root}/+/status\n"
-        f"topic read {root}/+/presence\n"
-        f"topic write {root}/+/nudge\n"
     )
+    for server_identity in server_identities:
+        text += (
+            "\n"
+            f"user {server_identity}\n"
+            f"topic read {root}/+/status\n"
+            f"topic read {root}/+/presence\n"
+            f"topic write {root}/+/nudge\n"
+        )
+    return text
 
 
 def conf_text(files: MosquittoFiles, listen_host: str, port: int, run_as: str | None) -> str:
@@ -162,6 +185,7 @@ def conf_text(files: MosquittoFiles, listen_host: str, port: int, run_as: str | 
         "persistence true",
         f"persistence_location {files.persistence}/",
         f"autosave_interval {AUTOSAVE_SECONDS}",
+        f"pid_file {files.pid}",
         f"persistent_client_expiration {PERSISTENT_CLIENT_EXPIRATION}",
         f"max_inflight_messages {MAX_INFLIGHT_MESSAGES}",
         f"max_queued_messages {MAX_QUEUED_MESSAGES}",
@@ -184,8 +208,36 @@ def conf_text(files: MosquittoFiles, listen_host: str, port: int, run_as: str | 
         "tls_version tlsv1.2",
         "require_certificate true",
         "use_identity_as_username true",
+        "# The client id is the username, so a certificate cannot borrow another client id",
+        "# (and knock that client off): see edge_server/mosquitto.py.",
+        "use_username_as_clientid true",
+        "# Mosquitto 2.0's ACL file does not check SUBSCRIBE: any filter is granted, and each",
+        "# message is then checked against the receiver's read rules. Will topics are not",
+        "# checked at CONNECT either; a will is checked against the client's write rules",
+        "# when it is published, like any PUBLISH.",
     ]
     return "\n".join(lines) + "\n"
+
+
+class ReloadError(Exception):
+    """Mosquitto could not be told to reread its CRL."""
+
+
+def reload(files: MosquittoFiles) -> int:
+    """SIGHUP the Mosquitto that wrote ``files.pid``: it rereads its CRL (and certificates
+    and ACL file). Returns its pid. Blocking (reads files)."""
+    try:
+        pid = int(files.pid.read_text().strip())
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    except (OSError, ValueError) as e:
+        raise ReloadError(f"no running Mosquitto found through {files.pid}: {e}") from e
+    if comm != "mosquitto":  # a stale pid file and a reused pid
+        raise ReloadError(f"{files.pid} names process {pid} ({comm}), not mosquitto")
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except OSError as e:
+        raise ReloadError(f"cannot signal Mosquitto (pid {pid}): {e}") from e
+    return pid
 
 
 def broker_names(listen_host: str, extra: Iterable[str] = ()) -> list[str]:
@@ -206,12 +258,14 @@ def write_config(
     *,
     names: Iterable[str] = (),
     run_as: str | None = None,
+    replicas: Sequence[str] = (),
 ) -> MosquittoFiles:
     """Write everything Mosquitto needs to serve Corral's channel on ``listen_host:port``.
 
     ``names`` are extra DNS names or addresses for the broker's certificate. ``run_as`` sets
     Mosquitto's ``user`` (when started as root it otherwise drops to ``mosquitto``, which must
     then be able to read these files). Without ``crl_pem`` an empty CRL is written.
+    ``replicas`` are the CNs of further server replicas, given the server's rights in the ACL.
     """
     files = MosquittoFiles.under(out_dir, server_identity)
     out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -233,6 +287,6 @@ def write_config(
     if not files.share_group_file.exists():  # kept, so running replicas stay in one group
         write_private(files.share_group_file, f"corral-{secrets.token_hex(16)}\n".encode())
     write_crl(files, crl_pem if crl_pem is not None else make_crl(ca, []))
-    write_public(files.acl, acl_text(server_identity).encode())
+    write_public(files.acl, acl_text([server_identity, *replicas]).encode())
     write_public(files.conf, conf_text(files, listen_host, port, run_as).encode())
     return files

@@ -104,7 +104,10 @@ class MosquittoProcess:
 
 
 def start_mosquitto(
-    tmp_path: Path, ca: identity.CertificateAuthority, server_identity: str = "corral-server"
+    tmp_path: Path,
+    ca: identity.CertificateAuthority,
+    server_identity: str = "corral-server",
+    replicas: Sequence[str] = (),
 ) -> MosquittoProcess:
     """Mosquitto with Corral's config on a free 127.0.0.1 port. Call ``stop()`` when done."""
     for attempt in range(3):  # another process may take the free port before Mosquitto does
@@ -115,6 +118,7 @@ def start_mosquitto(
             HOST,
             port,
             server_identity=server_identity,
+            replicas=replicas,
             run_as=pwd.getpwuid(os.getuid()).pw_name,  # as root it would drop to "mosquitto"
         )
         mosquitto = MosquittoProcess(files, ca, port, tmp_path / f"mosquitto-{port}.log")

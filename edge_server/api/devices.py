@@ -20,7 +20,7 @@ from edge_server.auth import (
     peer_certificate,
 )
 from edge_server.errors import NotFound
-from edge_server.keys import CHANNEL, STORE
+from edge_server.keys import CHANNEL, SESSIONS, STORE
 from edge_server.store import devices as devices_store
 from edge_server.store import state as state_store
 from edge_server.store.rows import audit
@@ -144,6 +144,7 @@ def _device_action(action: str) -> Any:
         if not await request.app[STORE].write(write):
             raise NotFound(f"no device {device_id}")
         await revocation.refresh_crl(request.app)
+        await request.app[SESSIONS].end([device_id])
         return json_response({"id": device_id, "status": action})
 
     return operator("operator")(handler)

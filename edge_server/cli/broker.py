@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_server import bootstrap, mosquitto
-from edge_server.cli.serve import announce
+from edge_server.cli.serve import announce_first_start
 from edge_server.pki import MQTT_IDENTITY, Pki, write_public
 from edge_server.settings import load, parse_listen
 from edge_server.store import connect
@@ -25,8 +25,7 @@ from edge_server.store import devices as devices_store
 def mosquitto_config(args: argparse.Namespace) -> int:
     settings = load(data_dir=args.data_dir)
     creds = bootstrap.prepare(settings)  # a fresh data dir gets its CA (and admin) here
-    if creds is not None:
-        announce(settings, creds)
+    announce_first_start(settings, creds)  # nothing serves yet: no "serving on" line
     pki = Pki(settings.pki_dir)
     host, port = parse_listen(args.listen)
     db = connect(settings.db_path)
@@ -53,6 +52,8 @@ def mosquitto_config(args: argparse.Namespace) -> int:
         f"wrote {files.conf} (and ACL, certificates, CRL with {len(revoked)} serial(s))\n"
         f"run:   mosquitto -c {files.conf}\n"
         f"then:  corral serve --mqtt-url mqtts://{host}:{port}\n"
+        f"on a revocation the server SIGHUPs the pid in {files.pid} (CRL reread): run Mosquitto"
+        " as a user the server may signal\n"
     )
     return 0
 

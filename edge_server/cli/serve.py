@@ -79,16 +79,24 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     )
 
 
+def announce_first_start(settings: Settings, creds: bootstrap.AdminCredentials | None) -> None:
+    """The admin's credentials, made on the data dir's first start (``creds`` not None)."""
+    if creds is None:
+        return
+    sys.stdout.write(
+        "Corral first start. These are shown once:\n"
+        f"  admin user:      {creds.username}\n"
+        f"  admin password:  {creds.password}\n"
+        f"  admin API token: {creds.api_token}\n"
+        f"  (the API token is saved 0600 in {settings.admin_token_path})\n"
+    )
+    sys.stdout.flush()
+
+
 def announce(settings: Settings, creds: bootstrap.AdminCredentials | None) -> None:
+    """The first-start credentials, then where the server is serving."""
+    announce_first_start(settings, creds)
     out = sys.stdout
-    if creds is not None:
-        out.write(
-            "Corral first start. These are shown once:\n"
-            f"  admin user:      {creds.username}\n"
-            f"  admin password:  {creds.password}\n"
-            f"  admin API token: {creds.api_token}\n"
-            f"  (the API token is saved 0600 in {settings.admin_token_path})\n"
-        )
     ca = Pki(settings.pki_dir).load_ca()
     out.write(
         f"Corral serving on https://{settings.host}:{settings.port}"

@@ -460,8 +460,12 @@ class Agent:
                     if await self._wait_acked(link, last, self.settings.ack_timeout):
                         continue
                     log.info("status %s not acknowledged over MQTT; sending over HTTPS", last)
+                    # The ack rides on a nudge: a session that does not bring it may bring
+                    # no nudge either (a dead link, a broker that queues for it instead).
+                    link.mqtt.reconnect(f"status {last} not acknowledged")
                 except ChannelDown as e:
                     log.info("%s; sending over HTTPS", e)
+                    link.mqtt.reconnect(str(e))
             try:
                 ack = await link.api.post_status(batch)
             except ApiError as e:

@@ -72,11 +72,6 @@ class Outbox:
     def acked_seq(self) -> int:
         return self._acked_seq
 
-    @property
-    def last_seq(self) -> int:
-        """The highest sequence number assigned so far (0 before the first event)."""
-        return self._next_seq - 1
-
     def __len__(self) -> int:
         return len(self._events)
 

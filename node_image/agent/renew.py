@@ -85,7 +85,7 @@ async def keep_renewed(
         backoff.reset()
         log.info("renewed the device certificate: serial %s", serial)
         if mqtt is not None:
-            mqtt.reconnect()
+            mqtt.reconnect("certificate renewed")
 
 
 async def renew(state: StateDir, device_id: str, api: ApiClient) -> str:

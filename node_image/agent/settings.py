@@ -28,10 +28,11 @@ class AgentSettings:
     register_backoff_cap: float = 600.0
     #: Use MQTT when the server offers it; HTTPS polling alone converges too.
     mqtt: bool = True
-    mqtt_keepalive: int = 60
+    #: A dead MQTT session is dropped within 2 × keepalive + 2 ticks (see ``MqttSettings``).
+    mqtt_keepalive: int = 15
     mqtt_timeout: float = 10.0
     mqtt_backoff_base: float = 1.0
-    mqtt_backoff_cap: float = 120.0
+    mqtt_backoff_cap: float = 30.0
     #: How long a status sent over MQTT may go unacknowledged before it goes over HTTPS.
     ack_timeout: float = 10.0
     http_timeout: float = 30.0

@@ -228,9 +228,10 @@ class ChannelDown(AgentError):
 class _Client(aiomqtt.Client):
     """aiomqtt's client with a slower housekeeping tick.
 
-    paho's ``loop_misc`` only sends keepalive pings; aiomqtt runs it every second, which
-    for thousands of idle agents in one loop is thousands of wake-ups a second. Every few
-    seconds is enough for a keepalive of a minute (the broker allows 1.5 × keepalive).
+    paho's ``loop_misc`` sends keepalive pings and drops a connection whose ping went
+    unanswered; aiomqtt runs it every second, which for thousands of idle agents in one loop
+    is thousands of wake-ups a second. A sixth of the keepalive is enough: see
+    :class:`MqttSettings` for what the tick adds to the time a dead connection goes unnoticed.
     """
 
     misc_interval: float = 5.0
@@ -240,12 +241,28 @@ class _Client(aiomqtt.Client):
             await asyncio.sleep(self.misc_interval)
 
 
+#: paho's housekeeping tick, as a fraction of the keepalive.
+TICKS_PER_KEEPALIVE = 6
+
+
 @dataclass(frozen=True)
 class MqttSettings:
-    keepalive: int = 60
+    """How fast a dead MQTT session is noticed and replaced.
+
+    paho pings once nothing has arrived for ``keepalive`` seconds and drops the connection
+    when nothing has arrived for another ``keepalive``; it checks every tick
+    (``keepalive / TICKS_PER_KEEPALIVE``). So a connection that stopped delivering is dropped
+    within 2 × keepalive + 2 ticks (with the agent's 15 s: 35 s; with 60 s and a 5 s tick it
+    was 130 s). The agent also drops the session at once when a status it published is not
+    acknowledged in time (``MqttChannel.reconnect``). It then reconnects after
+    ``backoff_base`` (±20 %), doubling per failed attempt up to ``backoff_cap``; each
+    attempt gives up after ``timeout``. The retained nudge arrives with the subscription.
+    """
+
+    keepalive: int = 15
     timeout: float = 10.0
     backoff_base: float = 1.0
-    backoff_cap: float = 120.0
+    backoff_cap: float = 30.0
 
 
 def mqtt_address(url: str) -> tuple[str, int]:
@@ -280,6 +297,8 @@ class MqttChannel:
         self._on_state = on_state
         self._settings = settings
         self._client: _Client | None = None
+        self._broken = asyncio.Event()
+        self._broken_reason = ""
 
     @property
     def connected(self) -> bool:
@@ -295,6 +314,14 @@ class MqttChannel:
             delay = backoff.next()
             log.debug("MQTT reconnect in %.1fs", delay)
             await asyncio.sleep(delay)
+
+    def reconnect(self, reason: str) -> None:
+        """The session looks broken (a status went unacknowledged): drop it and connect
+        again, rather than keep a subscription that may no longer deliver."""
+        if self._client is not None and not self._broken.is_set():
+            log.info("MQTT session dropped: %s; reconnecting", reason)
+            self._broken_reason = reason
+            self._broken.set()
 
     async def publish_status(self, batch: StatusBatch) -> None:
         client = self._client
@@ -327,13 +354,6 @@ class MqttChannel:
         except aiomqtt.MqttError as e:
             log.info("presence offline not published: %s", e)
 
-    def reconnect(self) -> None:
-        """End the current connection; :meth:`run` connects again, with the certificate now
-        in the TLS context (after a renewal). aiomqtt has no public call for this."""
-        client = self._client
-        if client is not None:
-            client._client.disconnect()  # noqa: SLF001
-
     async def _session(self, backoff: Backoff) -> None:
         client = _Client(
             self._host,
@@ -351,7 +371,7 @@ class MqttChannel:
                 retain=True,
             ),
         )
-        client.misc_interval = max(1.0, self._settings.keepalive / 12)
+        client.misc_interval = max(1.0, self._settings.keepalive / TICKS_PER_KEEPALIVE)
         async with client:
             await client.publish(
                 presence_topic(self._device_id),
@@ -362,14 +382,32 @@ class MqttChannel:
             await client.subscribe(nudge_topic(self._device_id), qos=1)
             log.info("MQTT connected to %s:%s", self._host, self._port)
             backoff.reset()
+            self._broken.clear()
             self._client = client
             self._on_state(True)
             try:
-                async for message in client.messages:
-                    self._received(message)
+                await self._receive_until_broken(client)
             finally:
                 self._client = None
                 self._on_state(False)
+
+    async def _receive_until_broken(self, client: _Client) -> None:
+        """Hand nudges on until the connection ends (MqttError) or :meth:`reconnect`."""
+        receiving = asyncio.ensure_future(self._receive(client))
+        broken = asyncio.ensure_future(self._broken.wait())
+        try:
+            await asyncio.wait({receiving, broken}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (receiving, broken):
+                task.cancel()
+            await asyncio.gather(receiving, broken, return_exceptions=True)
+        if receiving.done() and not receiving.cancelled():
+            receiving.result()  # raises the MqttError that ended the connection
+        raise aiomqtt.MqttError(f"session dropped: {self._broken_reason or 'no messages'}")
+
+    async def _receive(self, client: _Client) -> None:
+        async for message in client.messages:
+            self._received(message)
 
     def _received(self, message: aiomqtt.Message) -> None:
         payload = message.payload

@@ -33,6 +33,7 @@ from tests.mqtt_support import (
 )
 
 SERVER = "corral-server"
+REPLICA = "corral-server-2"  # a second server replica has its own CN (and so client id)
 A, B = "dev-aaaaaaaaaaaa", "dev-bbbbbbbbbbbb"
 QUIET = 0.5  # how long "nothing else arrives" is watched, after a later message did arrive
 
@@ -150,6 +151,7 @@ def certs(ca: identity.CertificateAuthority, tmp_path: Path) -> dict[str, Cert]:
     ca_path.write_bytes(identity.cert_to_pem(ca.cert))
     for name, cn, issuer in [
         (SERVER, SERVER, ca),
+        (REPLICA, REPLICA, ca),
         (A, A, ca),
         (B, B, ca),
         ("stranger", A, identity.CertificateAuthority.create("Not Corral")),
@@ -171,7 +173,7 @@ async def running(
         finally:
             await broker.stop()
         return
-    mosquitto = await asyncio.to_thread(start_mosquitto, tmp_path, ca)
+    mosquitto = await asyncio.to_thread(start_mosquitto, tmp_path, ca, replicas=(REPLICA,))
     try:
         yield Harness(kind, mosquitto.port, ca, mosquitto.files.ca, certs, mosquitto=mosquitto)
     finally:
@@ -458,8 +460,8 @@ async def share_status(
     c = mosquitto.certs
     shared = f"$share/{group}/{TOPIC_ROOT}/+/status"
     async with (
-        mosquitto.client(c[SERVER], client_id=f"{SERVER}-1", v5=True) as replica1,
-        mosquitto.client(c[SERVER], client_id=f"{SERVER}-2", v5=True) as replica2,
+        mosquitto.client(c[SERVER], v5=True) as replica1,
+        mosquitto.client(c[REPLICA], v5=True) as replica2,
         mosquitto.client(c[B], v5=True) as device_b,
         mosquitto.client(c[A]) as device_a,
     ):
@@ -504,54 +506,61 @@ async def test_mosquitto_a_device_that_knows_the_share_group_swallows_status(
 async def test_mosquitto_rereads_the_crl_on_sighup_and_keeps_connected_clients(
     mosquitto: Harness,
 ) -> None:
+    """A's connection is held; B's certificate probes the CRL (a probe with A's certificate
+    would take A's client id over, and so A's connection)."""
     c, process = mosquitto.certs, mosquitto.mosquitto
     assert process is not None
-    async with mosquitto.client(c[A]) as held, mosquitto.client(c[SERVER]) as server:
+    async with mosquitto.client(c[A]) as held:
         await held.subscribe(nudge_topic(A), qos=1)
-        await asyncio.to_thread(process.revoke, c[A].serial)
+        await check_sighup(mosquitto, held)
+        await asyncio.to_thread(process.restart)  # a restart does
+        with pytest.raises(aiomqtt.MqttError, match="Disconnected"):
+            await drain(held, 5)
+    with pytest.raises(aiomqtt.MqttError):
+        async with mosquitto.client(c[A]):
+            pass
+
+
+async def check_sighup(mosquitto: Harness, held: aiomqtt.Client) -> None:
+    c, process = mosquitto.certs, mosquitto.mosquitto
+    assert process is not None
+    async with mosquitto.client(c[SERVER]) as server:
+        await asyncio.to_thread(process.revoke, c[A].serial, c[B].serial)
         # A changed CRL file alone changes nothing.
-        assert (
-            await run_cli(mosquitto.pub(c[A], status_topic(A), "x", client_id="x"))
-        ).returncode == 0
+        assert (await run_cli(mosquitto.pub(c[B], status_topic(B), "x"))).returncode == 0
 
         await asyncio.to_thread(process.hup)
-        assert await fails_soon(mosquitto.pub(c[A], status_topic(A), "x", client_id="probe"))
+        assert await fails_soon(mosquitto.pub(c[B], status_topic(B), "x"))
         with pytest.raises(aiomqtt.MqttError):
-            async with mosquitto.client(c[A], client_id="dev-a-again"):
+            async with mosquitto.client(c[B]):
                 pass
         # SIGHUP does not drop a connection made before the revocation.
         await server.publish(nudge_topic(A), b"after-hup", qos=1)
         assert (await receive(held, nudge_topic(A))).payload == b"after-hup"
 
-    async with mosquitto.client(c[B]) as held_b:
-        await asyncio.to_thread(process.revoke, c[B].serial)
-        await asyncio.to_thread(process.restart)  # a restart does
-        with pytest.raises(aiomqtt.MqttError, match="Disconnected"):
-            await drain(held_b, 5)
-    with pytest.raises(aiomqtt.MqttError):
-        async with mosquitto.client(c[B]):
-            pass
 
-
-async def test_mosquitto_wrong_client_id_cannot_escape_the_acl(mosquitto: Harness) -> None:
-    """The username is the CN whatever the client id, and the ACL is written with %u.
-
-    What a wrong client id can still do is take over the connection (and session) that uses
-    it: Mosquitto has no rule tying client id to username (see edge_server.mosquitto)."""
+async def test_mosquitto_a_certificate_cannot_borrow_another_client_id(mosquitto: Harness) -> None:
+    """The client id is the certificate's CN (``use_username_as_clientid``): A's certificate
+    asking for B's client id (or the server's) gets its own, knocks nobody off and gains
+    nothing. Before, it took over B's connection and session."""
     c = mosquitto.certs
     async with mosquitto.client(c[SERVER]) as server, mosquitto.client(c[B]) as device_b:
+        await device_b.subscribe(nudge_topic(B), qos=1)
         await server.publish(nudge_topic(B), b"for-b", qos=1, retain=True)
+        assert (await receive(device_b, nudge_topic(B))).payload == b"for-b"
         await server.subscribe(f"{TOPIC_ROOT}/+/status", qos=1)
-        async with mosquitto.client(c[A], client_id=B) as impostor:
-            await impostor.subscribe(nudge_topic(B), qos=1)
-            await impostor.publish(status_topic(B), b"forged", qos=1)
-            await impostor.publish(status_topic(A), b"own", qos=1)
-            assert await until(server, {status_topic(A)}) == [(status_topic(A), b"own")]
-            assert await drain(impostor) == []
-            with pytest.raises(aiomqtt.MqttError, match="Disconnected"):
-                await drain(device_b)  # taken over
+        for borrowed in (B, SERVER):
+            async with mosquitto.client(c[A], client_id=borrowed) as impostor:
+                await impostor.subscribe(nudge_topic(B), qos=1)
+                await impostor.publish(status_topic(B), b"forged", qos=1)
+                await impostor.publish(status_topic(A), b"own", qos=1)
+                assert await until(server, {status_topic(A)}) == [(status_topic(A), b"own")]
+                assert await drain(impostor) == []
         cli = await run_cli(mosquitto.sub(c[A], [nudge_topic(B)], client_id=B, wait=1))
         assert "for-b" not in cli.stdout
+        # B and the server were never knocked off: both still work.
+        await server.publish(nudge_topic(B), b"still-b", qos=1)
+        assert (await receive(device_b, nudge_topic(B))).payload == b"still-b"
 
 
 async def test_mosquitto_keeps_retained_nudges_and_queued_messages_across_a_restart(
@@ -570,3 +579,28 @@ async def test_mosquitto_keeps_retained_nudges_and_queued_messages_across_a_rest
         assert (await receive(device, nudge_topic(A))).payload == b"queued-for-a"
     cli = await run_cli(mosquitto.sub(c[B], [nudge_topic(B)], count=1, wait=5))
     assert cli.stdout.strip() == f"{nudge_topic(B)} retained-for-b"
+
+
+async def test_a_client_silent_past_its_keepalive_is_dropped_and_its_will_sent(
+    broker: Harness,
+) -> None:
+    """A frozen client (SIGSTOP: its socket stays open, it sends nothing) is closed after
+    1.5 × its keepalive, so its will marks it offline. amqtt alone never closed it."""
+    c = broker.certs
+    argv = broker.sub(c[A], [nudge_topic(A)], wait=60)
+    argv += ["-k", "5", "--will-topic", presence_topic(A), "--will-payload", "gone"]
+    argv += ["--will-qos", "1"]
+    async with broker.client(c[SERVER]) as server:
+        await server.subscribe(presence_topic(A), qos=1)
+        proc = await asyncio.create_subprocess_exec(*argv)
+        try:
+            await asyncio.sleep(1)  # connected
+            proc.send_signal(signal.SIGSTOP)
+            frozen = asyncio.get_running_loop().time()
+            message = await receive(server, presence_topic(A), seconds=15)
+            assert message.payload == b"gone"
+            assert asyncio.get_running_loop().time() - frozen < 5 * 1.5 + 3
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+            await proc.wait()
