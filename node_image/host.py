@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Protocol, runtime_checkable
 
-from node_image.agent.state import atomic_write, read_json
+from node_image.agent.state import read_json
 from node_image.errors import AgentError
+from registration.atomic import atomic_write
 from registration.protocol import Cpu, Facts, Memory, Nic
 
 log = logging.getLogger(__name__)
