@@ -9,8 +9,9 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
+from registration.document import Document as Document
 from registration.errors import RegistrationError
 
 PROTOCOL_VERSION = 1
@@ -26,10 +27,6 @@ Str256 = Annotated[str, Field(max_length=256)]
 
 class ProtocolError(RegistrationError):
     code = "invalid_document"
-
-
-class Document(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
 
 def check_labels(labels: dict[str, str]) -> dict[str, str]:

@@ -16,7 +16,6 @@ from types import FrameType
 
 from node_image.agent import daemon
 from node_image.agent import seed as seed_mod
-from node_image.agent.settings import Identity
 from node_image.agent.state import CorruptStateFile, StateDir
 from node_image.agent.transport import Backoff
 from node_image.errors import AgentError
@@ -47,17 +46,14 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 
 def load_seed_for_run(path: str | None, state: StateDir) -> seed_mod.Seed | None:
-    """The seed, which only a device without an identity needs; a registered device keeps
-    running when its seed is gone or unreadable."""
+    """The seed, which only a device without an identity needs. A registered device does not
+    read it (nor load what parsing it takes), so it keeps running when the seed is gone."""
     if path is None:
         return None
-    try:
-        return seed_mod.load(Path(path))
-    except AgentError as e:
-        if state.read_identity() is None:
-            raise
-        log.info("seed not used (already registered): %s", e)
+    if state.read_identity() is not None:
+        log.debug("seed %s not used: already registered", path)
         return None
+    return seed_mod.load(Path(path))
 
 
 async def run_agent(agent: daemon.Agent) -> None:
@@ -121,7 +117,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     host: Host = SimulatedHost(Path(args.simulated)) if args.simulated else LinuxHost()
     state = StateDir(Path(args.state_dir))
     seed = load_seed_for_run(args.seed, state)
-    if seed is not None and Identity.load(state) is None:
+    if seed is not None:
         if not register_first(seed, state, host):
             return 0
         # The same process (pid, systemd unit), started anew now that it has an identity.
