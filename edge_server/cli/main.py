@@ -22,6 +22,9 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+OUTPUTS = ["table", "json"]
+
+
 def add_global_flags(parser: argparse.ArgumentParser, *, root: bool) -> None:
     """The flags every command takes, before or after its noun and verb.
 
@@ -59,10 +62,12 @@ def _subcommands(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParse
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # -o for the commands that print API objects: after the verb, or before the noun.
     common = Parser(add_help=False)
-    common.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    common.add_argument("-o", "--output", choices=OUTPUTS, default=argparse.SUPPRESS)
     parser = Parser(prog="corral", description="Corral edge fleet manager")
     add_global_flags(parser, root=True)
+    parser.add_argument("-o", "--output", choices=OUTPUTS, default="table", help="table or json")
     sub = parser.add_subparsers(dest="noun", required=True)
     serve.add_parser(sub)
     demo.add_parser(sub)

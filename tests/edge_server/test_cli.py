@@ -82,6 +82,9 @@ def test_every_api_command_takes_the_global_flags_before_or_after(server: Server
         assert before.returncode == 0, (command, before.stderr)
         assert after.returncode == 0, (command, after.stderr)
         assert json.loads(after.stdout) == json.loads(before.stdout)
+    # -o before the noun too.
+    first = corral("-o", "json", "--data-dir", data, "token", "list")
+    assert first.returncode == 0 and json.loads(first.stdout)[0]["id"] == token_id
     # Between noun and verb too.
     middle = corral("token", "--data-dir", data, "list", "-o", "json")
     assert middle.returncode == 0, middle.stderr
