@@ -120,6 +120,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if seed is not None:
         if not register_first(seed, state, host):
             return 0
+        if state.read_identity() is None:  # never re-exec into another registration
+            raise AgentError(f"registered, but {state.root} holds no complete identity")
         # The same process (pid, systemd unit), started anew now that it has an identity.
         argv = [sys.executable, "-m", "node_image.agent.cli", *args.argv]
         os.execv(sys.executable, argv)  # noqa: S606 - this very program, its own arguments
