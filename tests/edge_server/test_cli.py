@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -34,15 +33,6 @@ def wait_healthy(url: str, ca: Path, proc: subprocess.Popen[bytes], log: Path) -
     raise AssertionError(f"{url} did not come up: {log.read_text()}")
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 @pytest.mark.parametrize("noun", ["serve", "demo"])
 def test_serve_and_demo_take_data_dir_after_the_subcommand(noun: str, tmp_path: Path) -> None:
     data = tmp_path / "data"
@@ -60,7 +50,7 @@ def test_serve_and_demo_take_data_dir_after_the_subcommand(noun: str, tmp_path: 
         assert listing.returncode == 0, listing.stderr
         assert isinstance(json.loads(listing.stdout), list)
     finally:
-        stop(proc)
+        Server(data, port, proc=proc).stop()  # the harness's SIGTERM, then kill
     assert "unrecognized arguments" not in log.read_text()
 
 
