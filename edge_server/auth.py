@@ -6,7 +6,6 @@ Handlers opt in with ``@operator("viewer" | "operator" | "admin")`` or ``@device
 from __future__ import annotations
 
 import functools
-import hmac
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from edge_server.keys import STORE
 from edge_server.store import devices as devices_store
 from edge_server.store import users as users_store
 from registration.identity import common_name
+from registration.tokens import secret_matches
 
 ROLES = {"viewer": 0, "operator": 1, "admin": 2}
 
@@ -50,7 +50,7 @@ async def authenticate_operator(request: web.Request) -> Operator:
         raise Unauthorized("send Authorization: Bearer <API token>", code="missing_api_token")
     token_id, secret = passwords.split_api_token(token.strip())
     row = await request.app[STORE].read(lambda db: users_store.api_token_with_user(db, token_id))
-    if row is None or not hmac.compare_digest(passwords.hash_secret(secret), row["secret_hash"]):
+    if row is None or not secret_matches(secret, row["secret_hash"]):
         raise Unauthorized("API token is not valid", code="invalid_api_token")
     if row["revoked_at"] is not None:
         raise Unauthorized("API token has been revoked", code="revoked_api_token")

@@ -64,7 +64,6 @@ import datetime as dt
 import os
 import secrets
 import signal
-import socket
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -73,6 +72,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
+from edge_server import addresses
 from edge_server.pki import write_private, write_public
 from registration import identity
 from registration.desired import TOPIC_ROOT
@@ -240,14 +240,6 @@ def reload(files: MosquittoFiles) -> int:
     return pid
 
 
-def broker_names(listen_host: str, extra: Iterable[str] = ()) -> list[str]:
-    names = ["localhost", "127.0.0.1", "::1", socket.gethostname()]
-    if listen_host not in ("", "0.0.0.0", "::"):  # noqa: S104 - comparing, not binding
-        names.append(listen_host)
-    names += list(extra)
-    return list(dict.fromkeys(names))
-
-
 def write_config(
     out_dir: Path,
     ca: identity.CertificateAuthority,
@@ -274,7 +266,7 @@ def write_config(
     write_public(files.ca, identity.cert_to_pem(ca.cert))
     broker_key = identity.generate_key()
     broker_cert = ca.issue_server(
-        broker_key, broker_names(listen_host, names), common_name=BROKER_COMMON_NAME
+        broker_key, addresses.server_names(listen_host, names), common_name=BROKER_COMMON_NAME
     )
     write_private(files.key, identity.key_to_pem(broker_key))
     write_public(files.cert, identity.cert_to_pem(broker_cert))

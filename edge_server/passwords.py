@@ -1,4 +1,5 @@
-"""Password and API-token secrets: scrypt for passwords, sha256 for random API secrets."""
+"""Password and API-token secrets: scrypt for passwords; random API secrets are stored as
+``registration.tokens.hash_secret``, like registration tokens."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import hmac
 import secrets
 
 from edge_server.errors import Unauthorized
+from registration.tokens import hash_secret
 
 _N, _R, _P = 2**14, 8, 1
 API_TOKEN_PREFIX = "crla"  # noqa: S105 - a prefix, not a secret
@@ -33,10 +35,6 @@ def new_api_token() -> tuple[str, str, str]:
     token_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
     return token_id, f"{API_TOKEN_PREFIX}.{token_id}.{secret}", hash_secret(secret)
-
-
-def hash_secret(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def split_api_token(text: str) -> tuple[str, str]:

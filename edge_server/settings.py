@@ -9,11 +9,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge_server import addresses
 from edge_server.cli import duration
 from edge_server.errors import ServerError
 
@@ -58,8 +58,7 @@ class Settings:
         """Where the server's own MQTT client connects."""
         if self.mqtt_url:
             return self.mqtt_url
-        host = "127.0.0.1" if self.mqtt_host in ("0.0.0.0", "", "::") else self.mqtt_host  # noqa: S104
-        return f"mqtts://{host}:{self.mqtt_port}"
+        return f"mqtts://{addresses.connect_host(self.mqtt_host)}:{self.mqtt_port}"
 
     def device_mqtt_url(self, api_host: str) -> str:
         """The MQTT URL handed to devices: explicit, or the host they reached the API on."""
@@ -96,20 +95,11 @@ class Settings:
     @property
     def local_url(self) -> str:
         """The URL the local CLI uses to reach this server."""
-        host = self.host
-        if host in ("0.0.0.0", "", "::"):  # noqa: S104
-            host = "127.0.0.1"
-        if ":" in host:
-            host = f"[{host}]"
-        return f"https://{host}:{self.port}"
+        return f"https://{addresses.connect_host(self.host)}:{self.port}"
 
     def server_names(self) -> list[str]:
         """Names and addresses the server certificate covers."""
-        names = ["localhost", "127.0.0.1", "::1", socket.gethostname()]
-        if self.host not in ("0.0.0.0", "", "::"):  # noqa: S104
-            names.append(self.host)
-        names.extend(self.sans)
-        return list(dict.fromkeys(n for n in names if n))
+        return addresses.server_names(self.host, self.sans)
 
 
 def parse_listen(text: str) -> tuple[str, int]:

@@ -18,11 +18,14 @@ import stat
 import uuid
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from node_image.agent.state import atomic_write, read_json
+if TYPE_CHECKING:
+    from registration.protocol import Facts
+
+from node_image.agent.state import read_json
 from node_image.errors import AgentError
-from registration.protocol import Cpu, Facts, Memory, Nic
+from registration.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +163,8 @@ class SimulatedHost(_FileHost):
         product_uuid = self.machine_uuid()
         short = product_uuid.replace("-", "")
         mac = "02:" + ":".join(short[i : i + 2] for i in range(0, 10, 2))
+        from registration.protocol import Cpu, Facts, Memory, Nic
+
         return Facts(
             hostname=f"sim-{short[:8]}",
             dmi={

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
-from registration.protocol import Count, Document
+from registration.document import Count, Document
 
 MAX_CONFIG_BYTES = 256 * 1024
 

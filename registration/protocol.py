@@ -11,8 +11,12 @@ import math
 import re
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
+from registration.document import INT64_MAX as INT64_MAX
+from registration.document import Count as Count
+from registration.document import Document as Document
+from registration.document import Int64 as Int64
 from registration.errors import RegistrationError
 
 PROTOCOL_VERSION = 1
@@ -31,9 +35,6 @@ MAX_LABELS = 64
 GROUP_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 
 # Every integer on the wire fits SQLite's signed 64-bit INTEGER.
-INT64_MAX = 2**63 - 1
-Int64 = Annotated[int, Field(ge=-(2**63), le=INT64_MAX)]
-Count = Annotated[int, Field(ge=0, le=INT64_MAX)]
 
 Str256 = Annotated[str, Field(max_length=256)]
 
@@ -93,11 +94,6 @@ def loads(data: bytes | bytearray | str) -> Any:
     if not _depth_ok(value, MAX_JSON_DEPTH):
         raise InvalidJson(f"JSON nests deeper than {MAX_JSON_DEPTH} levels")
     return value
-
-
-class Document(BaseModel):
-    # No NaN or infinity in any float field: JSON has neither, and SQLite stores inf as-is.
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def check_labels(labels: dict[str, str]) -> dict[str, str]:

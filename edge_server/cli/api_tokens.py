@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from edge_server.cli import output
-from edge_server.cli.client import ApiClient
+from edge_server.cli.client import OperatorClient
 from edge_server.cli.output import Column
 
 COLUMNS: list[Column] = [
@@ -18,7 +18,7 @@ COLUMNS: list[Column] = [
 ]
 
 
-def create(args: argparse.Namespace, api: ApiClient) -> None:
+def create(args: argparse.Namespace, api: OperatorClient) -> None:
     token = api.request(
         "POST", "/api/v1/api-tokens", {"username": args.user, "description": args.description}
     )
@@ -29,11 +29,11 @@ def create(args: argparse.Namespace, api: ApiClient) -> None:
     )
 
 
-def list_(args: argparse.Namespace, api: ApiClient) -> None:
+def list_(args: argparse.Namespace, api: OperatorClient) -> None:
     output.emit(api.request("GET", "/api/v1/api-tokens")["items"], args.output, COLUMNS)
 
 
-def revoke(args: argparse.Namespace, api: ApiClient) -> None:
+def revoke(args: argparse.Namespace, api: OperatorClient) -> None:
     output.emit(api.request("DELETE", f"/api/v1/api-tokens/{args.id}"), "json")
 
 

@@ -19,14 +19,16 @@ from edge_server.settings import DEFAULT_DATA_DIR
 
 
 @dataclass(frozen=True)
-class ApiClient:
+class OperatorClient:
+    """The operator API over HTTPS with a Bearer API token; the CLI's one HTTP client."""
+
     url: str
     token: str | None
     verify: str | bool
     timeout: float = 30.0
 
     @classmethod
-    def from_args(cls, server: str | None, data_dir: str | None) -> ApiClient:
+    def from_args(cls, server: str | None, data_dir: str | None) -> OperatorClient:
         root = Path(data_dir or os.environ.get("CORRAL_DATA_DIR") or DEFAULT_DATA_DIR)
         local: dict[str, Any] = {}
         config = root / "client.json"

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from edge_server.cli import groups, output
-from edge_server.cli.client import ApiClient
+from edge_server.cli.client import OperatorClient
 from edge_server.cli.errors import CliError
 from edge_server.cli.output import Column
 
@@ -28,7 +28,7 @@ COLUMNS: list[Column] = [
 ]
 
 
-def list_(args: argparse.Namespace, api: ApiClient) -> None:
+def list_(args: argparse.Namespace, api: OperatorClient) -> None:
     items: list[dict[str, Any]] = []
     after = args.after
     while True:
@@ -42,11 +42,116 @@ def list_(args: argparse.Namespace, api: ApiClient) -> None:
     output.emit(items, args.output, COLUMNS)
 
 
-def show(args: argparse.Namespace, api: ApiClient) -> None:
-    output.emit(api.request("GET", f"/api/v1/devices/{args.id}"), "json")
+def _condition(c: dict[str, Any]) -> str:
+    return " ".join(filter(None, [c["status"], c.get("reason"), c.get("message")]))
 
 
-def label(args: argparse.Namespace, api: ApiClient) -> None:
+def _label_lines(d: dict[str, Any]) -> list[tuple[str, Any]]:
+    sources = d.get("label_sources") or {}
+    lines = []
+    for key, value in sorted((d.get("labels") or {}).items()):
+        origin = [
+            name for name in ("local", "token", "operator") if key in (sources.get(name) or {})
+        ]
+        lines.append((key, f"{value}  ({', '.join(origin) or 'template'})"))
+    return lines
+
+
+def _fact_lines(facts: dict[str, Any]) -> list[tuple[str, Any]]:
+    cpu = facts.get("cpu") or {}
+    lines: list[tuple[str, Any]] = [
+        ("hostname", facts.get("hostname")),
+        ("cpu", f"{cpu.get('count', 0)} x {cpu.get('model') or 'unknown'}"),
+        ("memory", output.size((facts.get("memory") or {}).get("total_bytes"))),
+        ("arch", facts.get("arch")),
+        ("kernel", facts.get("kernel")),
+    ]
+    lines += [(f"dmi {k}", v) for k, v in sorted((facts.get("dmi") or {}).items())]
+    for disk in facts.get("disks") or []:
+        removable = ", removable" if disk.get("removable") else ""
+        model = disk.get("model") or "unknown model"
+        text = f"{output.size(disk.get('size_bytes'))}, {model}{removable}"
+        lines.append((f"disk {disk['name']}", text))
+    lines += [(f"nic {n['name']}", n.get("mac")) for n in facts.get("nics") or []]
+    return lines
+
+
+def _spec_summary(spec: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    spec = spec or {}
+    os_spec = spec.get("os") or {}
+    k3s = spec.get("k3s") or {}
+    return [
+        ("os", os_spec.get("version") or "(not managed)"),
+        ("k3s", f"{k3s['version']} ({k3s.get('role') or 'auto'})" if k3s.get("version") else None),
+        ("bundles", ", ".join(b["name"] for b in spec.get("bundles") or []) or None),
+        ("config files", ", ".join(f["path"] for f in spec.get("config") or []) or None),
+    ]
+
+
+def view(d: dict[str, Any]) -> list[output.Section]:
+    """``corral device show``: who the device is, what it is, what it should run and does."""
+    desired = d.get("desired") or {}
+    reported = d.get("reported") or {}
+    generation, observed = desired.get("generation", 0), reported.get("observed_generation", 0)
+    sync = "in sync" if d.get("in_sync") else "not in sync"
+    presence = "online" if d.get("online") else "offline"
+    seen = d.get("last_seen")
+    presence += f", last seen {output.when(seen)}" if seen is not None else ", never seen"
+    certs = d.get("certificates") or []
+    return [
+        (
+            None,
+            [
+                ("id", d["id"]),
+                ("name", d["name"]),
+                ("group", d.get("group")),
+                ("groups", ", ".join(d.get("groups") or []) or None),
+                ("presence", presence),
+                ("registered", output.when(d.get("registered_at"))),
+                ("agent", d.get("agent_version")),
+            ],
+        ),
+        ("Labels", _label_lines(d)),
+        ("Facts", _fact_lines(d.get("facts") or {})),
+        (
+            "Desired vs reported",
+            [
+                ("generation", f"desired {generation}, observed {observed} ({sync})"),
+                *_spec_summary(desired.get("spec")),
+                ("override", "yes" if d.get("override") else "none"),
+                ("last status", output.when(reported.get("status_at"))),
+                ("acked seq", reported.get("acked_seq")),
+            ],
+        ),
+        (
+            "Conditions",
+            [
+                (
+                    c["type"],
+                    " ".join(filter(None, [c["status"], c.get("reason"), c.get("message")])),
+                )
+                for c in reported.get("conditions") or []
+            ],
+        ),
+        (
+            "Certificates",
+            [
+                (
+                    c["serial"],
+                    f"expires {output.when(c.get('not_after'))}"
+                    + (f", revoked {output.when(c['revoked_at'])}" if c.get("revoked_at") else ""),
+                )
+                for c in certs
+            ],
+        ),
+    ]
+
+
+def show(args: argparse.Namespace, api: OperatorClient) -> None:
+    output.emit_view(api.request("GET", f"/api/v1/devices/{args.id}"), args.output, view)
+
+
+def label(args: argparse.Namespace, api: OperatorClient) -> None:
     changes: dict[str, str | None] = {}
     for item in args.labels:
         if item.endswith("-") and "=" not in item:
@@ -63,17 +168,17 @@ def label(args: argparse.Namespace, api: ApiClient) -> None:
     )
 
 
-def spec(args: argparse.Namespace, api: ApiClient) -> None:
+def spec(args: argparse.Namespace, api: OperatorClient) -> None:
     output.emit(api.request("GET", f"/api/v1/devices/{args.id}/spec"), "json")
 
 
-def override(args: argparse.Namespace, api: ApiClient) -> None:
+def override(args: argparse.Namespace, api: OperatorClient) -> None:
     shown = api.request("GET", f"/api/v1/devices/{args.id}")
     body = {} if args.clear else groups.apply_flags(shown.get("override") or {}, args)
     output.emit(api.request("PUT", f"/api/v1/devices/{args.id}/override", body), "json")
 
 
-def delete(args: argparse.Namespace, api: ApiClient) -> None:
+def delete(args: argparse.Namespace, api: OperatorClient) -> None:
     output.emit(
         api.request("DELETE", f"/api/v1/devices/{args.id}"),
         args.output,
@@ -81,7 +186,7 @@ def delete(args: argparse.Namespace, api: ApiClient) -> None:
     )
 
 
-def reset(args: argparse.Namespace, api: ApiClient) -> None:
+def reset(args: argparse.Namespace, api: OperatorClient) -> None:
     output.emit(
         api.request("POST", f"/api/v1/devices/{args.id}/reset"),
         args.output,
@@ -97,7 +202,7 @@ def add_parser(sub: argparse._SubParsersAction[Any], common: argparse.ArgumentPa
     ls.add_argument("--limit", type=int, help="one page of at most this many")
     ls.add_argument("--after", help="page after this device id")
     ls.set_defaults(func=list_)
-    sh = verbs.add_parser("show", parents=[common], help="show one device (JSON)")
+    sh = verbs.add_parser("show", parents=[common], help="show one device (-o json: as JSON)")
     sh.add_argument("id")
     sh.set_defaults(func=show)
     lb = verbs.add_parser("label", parents=[common], help="set key=value or remove key- labels")

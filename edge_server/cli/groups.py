@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_server.cli import output
-from edge_server.cli.client import ApiClient
+from edge_server.cli.client import OperatorClient
 from edge_server.cli.errors import CliError
 from edge_server.cli.output import Column
 
@@ -81,12 +81,12 @@ def add_spec_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clear-bundles", action="store_true")
 
 
-def create(args: argparse.Namespace, api: ApiClient) -> None:
+def create(args: argparse.Namespace, api: OperatorClient) -> None:
     body = {"name": args.name, "selector": args.selector or "", "priority": args.priority}
     output.emit(api.request("POST", "/api/v1/groups", body), args.output, COLUMNS)
 
 
-def set_(args: argparse.Namespace, api: ApiClient) -> None:
+def set_(args: argparse.Namespace, api: OperatorClient) -> None:
     group = api.request("GET", f"/api/v1/groups/{args.name}")
     body: dict[str, Any] = {"spec": apply_flags(group["spec"], args)}
     if args.selector is not None:
@@ -99,15 +99,15 @@ def set_(args: argparse.Namespace, api: ApiClient) -> None:
         sys.stdout.write(f"{result['devices_changed']} device(s) got a new generation\n")
 
 
-def list_(args: argparse.Namespace, api: ApiClient) -> None:
+def list_(args: argparse.Namespace, api: OperatorClient) -> None:
     output.emit(api.request("GET", "/api/v1/groups")["items"], args.output, COLUMNS)
 
 
-def show(args: argparse.Namespace, api: ApiClient) -> None:
+def show(args: argparse.Namespace, api: OperatorClient) -> None:
     output.emit(api.request("GET", f"/api/v1/groups/{args.name}"), "json")
 
 
-def delete(args: argparse.Namespace, api: ApiClient) -> None:
+def delete(args: argparse.Namespace, api: OperatorClient) -> None:
     output.emit(api.request("DELETE", f"/api/v1/groups/{args.name}"), "json")
 
 

@@ -9,7 +9,7 @@ import sys
 from typing import NoReturn
 
 from edge_server.cli import api_tokens, broker, demo, devices, groups, serve, tokens
-from edge_server.cli.client import ApiClient
+from edge_server.cli.client import OperatorClient
 from edge_server.errors import ServerError
 from registration.errors import RegistrationError
 
@@ -22,19 +22,52 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = Parser(add_help=False)
-    common.add_argument("-o", "--output", choices=["table", "json"], default="table")
-    common.add_argument(
-        "--server", default=argparse.SUPPRESS, help="server URL (default: the local server)"
-    )
-    parser = Parser(prog="corral", description="Corral edge fleet manager")
-    parser.add_argument("--server", help="server URL (default: the local server in --data-dir)")
+OUTPUTS = ["table", "json"]
+
+
+def add_global_flags(parser: argparse.ArgumentParser, *, root: bool) -> None:
+    """The flags every command takes, before or after its noun and verb.
+
+    The root parser holds the defaults; the subcommands' copies default to SUPPRESS, so a
+    flag given after the subcommand wins and one left out keeps the root's value.
+    """
+
+    def default(value: object) -> object:
+        return value if root else argparse.SUPPRESS
+
     parser.add_argument(
-        "--data-dir", help="data directory (default ./corral-data or $CORRAL_DATA_DIR)"
+        "--server",
+        default=default(None),
+        help="server URL (default: the local server in --data-dir)",
     )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument(
+        "--data-dir",
+        default=default(None),
+        help="data directory (default ./corral-data or $CORRAL_DATA_DIR)",
+    )
+    parser.add_argument(
+        "--debug", action="store_true", default=default(False), help="show tracebacks"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", default=default(False))
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every parser below ``parser``: nouns, then their verbs."""
+    found: list[argparse.ArgumentParser] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):  # aliases share a parser
+                found += [child, *_subcommands(child)]
+    return found
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # -o for the commands that print API objects: after the verb, or before the noun.
+    common = Parser(add_help=False)
+    common.add_argument("-o", "--output", choices=OUTPUTS, default=argparse.SUPPRESS)
+    parser = Parser(prog="corral", description="Corral edge fleet manager")
+    add_global_flags(parser, root=True)
+    parser.add_argument("-o", "--output", choices=OUTPUTS, default="table", help="table or json")
     sub = parser.add_subparsers(dest="noun", required=True)
     serve.add_parser(sub)
     demo.add_parser(sub)
@@ -43,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     devices.add_parser(sub, common)
     groups.add_parser(sub, common)
     api_tokens.add_parser(sub, common)
+    for child in _subcommands(parser):
+        add_global_flags(child, root=False)
     return parser
 
 
@@ -67,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.noun in ("serve", "demo", "broker"):
             return int(args.func(args))
-        api = ApiClient.from_args(args.server, args.data_dir)
+        api = OperatorClient.from_args(args.server, args.data_dir)
         args.func(args, api)
         return 0
     except BrokenPipeError:

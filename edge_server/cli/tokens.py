@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from edge_server.cli import duration, output
-from edge_server.cli.client import ApiClient
+from edge_server.cli.client import OperatorClient
 from edge_server.cli.errors import CliError
 from edge_server.cli.output import Column
 
@@ -31,7 +31,7 @@ def parse_labels(pairs: list[str]) -> dict[str, str]:
     return out
 
 
-def create(args: argparse.Namespace, api: ApiClient) -> None:
+def create(args: argparse.Namespace, api: OperatorClient) -> None:
     uses = None if args.uses == "unlimited" else int(args.uses)
     body = {
         "group": args.group,
@@ -50,15 +50,15 @@ def create(args: argparse.Namespace, api: ApiClient) -> None:
         print(f"\ntoken (shown once): {token['token']}")
 
 
-def list_(args: argparse.Namespace, api: ApiClient) -> None:
+def list_(args: argparse.Namespace, api: OperatorClient) -> None:
     output.emit(api.request("GET", "/api/v1/tokens")["items"], args.output, COLUMNS)
 
 
-def show(args: argparse.Namespace, api: ApiClient) -> None:
+def show(args: argparse.Namespace, api: OperatorClient) -> None:
     output.emit(api.request("GET", f"/api/v1/tokens/{args.id}"), args.output, COLUMNS)
 
 
-def revoke(args: argparse.Namespace, api: ApiClient) -> None:
+def revoke(args: argparse.Namespace, api: OperatorClient) -> None:
     output.emit(api.request("DELETE", f"/api/v1/tokens/{args.id}"), args.output, COLUMNS)
 
 

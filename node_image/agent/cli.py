@@ -6,14 +6,18 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import FrameType
 
 from node_image.agent import daemon
 from node_image.agent import seed as seed_mod
-from node_image.agent.state import StateDir
+from node_image.agent.state import CorruptStateFile, StateDir
+from node_image.agent.transport import Backoff
 from node_image.errors import AgentError
 from node_image.host import Host, LinuxHost, SimulatedHost
 
@@ -42,17 +46,14 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 
 def load_seed_for_run(path: str | None, state: StateDir) -> seed_mod.Seed | None:
-    """The seed, which only a device without an identity needs; a registered device keeps
-    running when its seed is gone or unreadable."""
+    """The seed, which only a device without an identity needs. A registered device does not
+    read it (nor load what parsing it takes), so it keeps running when the seed is gone."""
     if path is None:
         return None
-    try:
-        return seed_mod.load(Path(path))
-    except AgentError as e:
-        if state.read_identity() is None:
-            raise
-        log.info("seed not used (already registered): %s", e)
+    if state.read_identity() is not None:
+        log.debug("seed %s not used: already registered", path)
         return None
+    return seed_mod.load(Path(path))
 
 
 async def run_agent(agent: daemon.Agent) -> None:
@@ -71,10 +72,59 @@ async def run_agent(agent: daemon.Agent) -> None:
     await agent.run()
 
 
+class _Stopped(BaseException):
+    """SIGTERM or SIGINT while registering before the daemon starts."""
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    raise _Stopped(signal.Signals(signum).name)
+
+
+def register_first(seed: seed_mod.Seed, state: StateDir, host: Host) -> bool:
+    """First boot: register in this process, retrying with backoff like the daemon would.
+
+    False when a signal stopped it. The caller then re-executes the agent: what registration
+    loads (cryptography, pyudev, the facts) stays resident in a Python process once imported,
+    and the agent that runs for months starts afresh without it, like every later boot.
+    """
+    from node_image.agent import register as register_mod  # heavy: only to register
+
+    settings = daemon.AgentSettings
+    backoff = Backoff(5.0, settings.register_backoff_cap, settings.jitter)
+    previous = {s: signal.signal(s, _stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while True:
+            try:
+                result = register_mod.register(seed, state, collect=host.collect_facts)
+            except CorruptStateFile:
+                raise
+            except AgentError as e:
+                delay = backoff.next()
+                log.warning("registration failed: %s; retrying in %.0fs", e, delay)
+                time.sleep(delay)
+                continue
+            log.info("registered as %s (%s); restarting the agent", result.device_id, result.name)
+            return True
+    except _Stopped as e:
+        log.info("signal %s: stopping", e)
+        return False
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     host: Host = SimulatedHost(Path(args.simulated)) if args.simulated else LinuxHost()
     state = StateDir(Path(args.state_dir))
     seed = load_seed_for_run(args.seed, state)
+    if seed is not None:
+        if not register_first(seed, state, host):
+            return 0
+        if state.read_identity() is None:  # never re-exec into another registration
+            raise AgentError(f"registered, but {state.root} holds no complete identity")
+        # The same process (pid, systemd unit), started anew now that it has an identity.
+        argv = [sys.executable, "-m", "node_image.agent.cli", *args.argv]
+        os.execv(sys.executable, argv)  # noqa: S606 - this very program, its own arguments
     settings = daemon.AgentSettings(
         poll_interval=args.poll_interval,
         poll_interval_connected=max(
@@ -113,7 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.argv = argv
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -6,20 +6,18 @@ server answers the same machine with the same device record.
 
 from __future__ import annotations
 
-import http.client
 import logging
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
 
-import requests
+from pydantic import ValidationError
 
 from node_image.agent import __version__
 from node_image.agent.seed import Seed
 from node_image.agent.state import StateDir
+from node_image.agent.transport import ApiError, Https, unverified_tls
 from node_image.errors import AgentError
 from registration import facts as facts_mod
 from registration import identity
@@ -46,40 +44,20 @@ def load_or_create_key(state: StateDir) -> identity.PrivateKey:
     return key
 
 
-def get_unverified(url: str) -> bytes:
-    """GET ``url`` over TLS without verifying the server. Only for the public CA, which is
-    trusted afterwards only if it matches the token's fingerprint.
-
-    The standard library rather than ``requests(verify=False)``: silencing urllib3's
-    warning takes ``warnings.catch_warnings``, which is not thread-safe, and many agents
-    register at once from threads of one process.
-    """
-    parts = urlsplit(url)
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE  # pinned by fingerprint afterwards
-    conn = http.client.HTTPSConnection(
-        parts.hostname or "", parts.port or 443, timeout=TIMEOUT, context=context
-    )
-    try:
-        conn.request("GET", parts.path)
-        response = conn.getresponse()
-        body = response.read()
-    except (OSError, http.client.HTTPException) as e:
-        raise AgentError(f"cannot fetch the CA from {url}: {e}") from e
-    finally:
-        conn.close()
-    if response.status != 200:
-        raise AgentError(f"cannot fetch the CA from {url}: HTTP {response.status}")
-    return body
-
-
 def fetch_pinned_ca(seed: Seed, state: StateDir) -> Path:
     """Fetch the server's CA over unverified TLS, then trust it only if its sha256 matches the
     fingerprint in the token (K3s does the same with its ``K10`` tokens)."""
-    body = get_unverified(f"{seed.server}/api/v1/ca")
+    https = Https(seed.server, unverified_tls(), TIMEOUT)
     try:
-        ca = identity.verify_ca_fingerprint(body, seed.token.ca_fingerprint)
+        reply = https.request("GET", "/api/v1/ca")
+    except ApiError as e:
+        raise AgentError(f"cannot fetch the CA: {e}") from e
+    finally:
+        https.close()
+    if reply.status != 200:
+        raise AgentError(f"cannot fetch the CA from {seed.server}: HTTP {reply.status}")
+    try:
+        ca = identity.verify_ca_fingerprint(reply.body, seed.token.ca_fingerprint)
     except RegistrationError as e:
         raise AgentError(str(e)) from e
     state.write(state.ca, identity.cert_to_pem(ca))
@@ -87,29 +65,27 @@ def fetch_pinned_ca(seed: Seed, state: StateDir) -> Path:
 
 
 def send(seed: Seed, ca_path: Path, doc: RegisterRequest) -> RegisterResponse:
-    url = f"{seed.server}/api/v1/register"
+    """POST the request, over TLS verified against the pinned CA."""
+    https = Https(seed.server, ssl.create_default_context(cafile=str(ca_path)), TIMEOUT)
     try:
-        response = requests.post(
-            url,
-            data=doc.model_dump_json(),
-            verify=str(ca_path),
-            timeout=TIMEOUT,
-            headers={"Content-Type": "application/json"},
+        reply = https.request(
+            "POST",
+            "/api/v1/register",
+            doc.model_dump_json().encode(),
+            {"Content-Type": "application/json"},
         )
-    except requests.RequestException as e:
-        raise AgentError(f"cannot reach {url}: {e}") from e
-    body: Any
-    try:
-        body = response.json()
-    except ValueError:
-        body = {}
-    if response.status_code not in (200, 201):
+    except ApiError as e:
+        raise AgentError(f"cannot reach {seed.server}: {e}") from e
+    finally:
+        https.close()
+    if reply.status not in (200, 201):
         raise RegisterRefused(
-            response.status_code,
-            f"registration refused ({response.status_code} {body.get('error', '')}): "
-            f"{body.get('detail', response.text[:200])}",
+            reply.status, f"registration refused ({reply.status} {reply.error_detail()})"
         )
-    return RegisterResponse.model_validate(body)
+    try:
+        return RegisterResponse.model_validate_json(reply.body)
+    except ValidationError as e:
+        raise AgentError(f"the server's registration answer does not validate: {e}") from e
 
 
 class RegisterRefused(AgentError):

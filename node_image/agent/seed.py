@@ -11,7 +11,6 @@ from urllib.parse import urlparse
 from node_image.errors import AgentError
 from registration import tokens
 from registration.errors import RegistrationError
-from registration.protocol import check_labels
 
 
 @dataclass(frozen=True)
@@ -25,6 +24,8 @@ class Seed:
 
 
 def load(path: Path) -> Seed:
+    from registration.protocol import check_labels  # pydantic models: only to register
+
     try:
         data = json.loads(path.read_text())
     except OSError as e:

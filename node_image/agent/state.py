@@ -1,5 +1,7 @@
-"""The agent's durable state directory. Every write is atomic: temp file, fsync, rename,
-fsync of the directory. A ``kill -9`` or power cut leaves either the old file or the new one.
+"""The agent's durable state directory. Every write is atomic (``registration.atomic``):
+temp file, fsync, rename, fsync of the directory. A ``kill -9`` or power cut leaves either
+the old file or the new one. A file that does not parse stops the agent with one line that
+names it and says what to do (:class:`CorruptStateFile`).
 
 A simulated device (thousands in one process) may skip the fsyncs: ``StateDir(root,
 fsync=False)``. The rename still makes each write all-or-nothing for a crash of the process.
@@ -8,63 +10,52 @@ fsync=False)``. The rename still makes each write all-or-nothing for a crash of 
 from __future__ import annotations
 
 import json
-import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-#: Temp files are named ``.<name>.tmp-<pid>-<random>``; readers never look at them.
-TMP_MARKER = ".tmp-"
+from node_image.errors import AgentError
+from registration.atomic import TMP_MARKER, atomic_write, remove_stale_temps
+
+__all__ = [
+    "TMP_MARKER",
+    "CorruptStateFile",
+    "StateDir",
+    "atomic_write",
+    "read_json",
+    "remove_stale_temps",
+]
+
+#: What to do about a corrupt file, by name; the default suits every file the agent rebuilds.
+_REMEDY = {
+    "identity.json": "move it aside and start the agent with its seed: it registers again "
+    "and the same machine keeps its device record",
+}
+_REBUILT = "move it aside and start the agent again: it rebuilds the file from the server"
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o644, *, fsync: bool = True) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}{TMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            if fsync:
-                os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if fsync:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+class CorruptStateFile(AgentError, ValueError):
+    """A state file that does not parse; the message names it and says what to do."""
 
-
-def remove_stale_temps(path: Path) -> int:
-    """Delete the temp files an interrupted :func:`atomic_write` of ``path`` left behind.
-
-    Call it only while nothing else writes ``path``. Returns how many were removed.
-    """
-    prefix = f".{path.name}{TMP_MARKER}"
-    removed = 0
-    try:
-        entries = list(path.parent.iterdir())
-    except FileNotFoundError:
-        return 0
-    for entry in entries:
-        if entry.name.startswith(prefix) and entry.is_file():
-            entry.unlink(missing_ok=True)
-            removed += 1
-    return removed
+    def __init__(self, path: Path, problem: str) -> None:
+        remedy = _REMEDY.get(path.name, _REBUILT)
+        super().__init__(f"state file {path} is corrupt ({problem}); {remedy}")
+        self.path = path
 
 
 def read_json(path: Path) -> Any | None:
-    """The JSON in ``path``, or None when the file does not exist."""
+    """The JSON in ``path``, or None when the file does not exist.
+
+    Raises :class:`CorruptStateFile` (an ``AgentError``) when it is not JSON.
+    """
     try:
         return json.loads(path.read_bytes())
     except FileNotFoundError:
         return None
+    except UnicodeDecodeError as e:
+        raise CorruptStateFile(path, f"not UTF-8 at byte {e.start}") from e
+    except json.JSONDecodeError as e:
+        raise CorruptStateFile(path, f"not JSON: {e}") from e
 
 
 @dataclass(frozen=True)
@@ -118,7 +109,9 @@ class StateDir:
     def read_identity(self) -> dict[str, Any] | None:
         if not (self.identity.exists() and self.cert.exists() and self.key.exists()):
             return None
-        data: dict[str, Any] = json.loads(self.identity.read_text())
+        data = read_json(self.identity)
+        if not isinstance(data, dict) or not isinstance(data.get("device_id"), str):
+            raise CorruptStateFile(self.identity, "no device_id in it")
         return data
 
     def write_identity(self, data: dict[str, Any]) -> None:

@@ -1,8 +1,9 @@
 """How the agent talks to the server: HTTPS with mTLS (spec, status) and MQTT over TLS
 (nudges in, presence and status out), plus the backoff both use to retry.
 
-HTTPS goes through the standard library's ``http.client`` in a worker thread, with one
-kept-alive connection per agent; it keeps a real agent's footprint small. MQTT is aiomqtt
+HTTPS goes through :class:`Https` (the standard library's ``http.client``, one kept-alive
+connection), in a worker thread for the daemon and directly for registration; it keeps a real
+agent's footprint small. MQTT is aiomqtt
 (paho-mqtt under asyncio): no thread per agent, so thousands fit in one event loop.
 """
 
@@ -17,7 +18,6 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import aiomqtt
@@ -91,6 +91,97 @@ class ApiError(AgentError):
         self.status = status
 
 
+def unverified_tls() -> ssl.SSLContext:
+    """TLS that does not check the server: only to fetch the public CA, which is trusted
+    afterwards only if its sha256 matches the registration token's."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # pinned by fingerprint afterwards
+    return context
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def error_detail(self) -> str:
+        """``error: detail`` from the server's JSON error body, else the body's start."""
+        try:
+            decoded = json.loads(self.body)
+        except ValueError:
+            decoded = None
+        if isinstance(decoded, dict):
+            return f"{decoded.get('error', '')}: {decoded.get('detail', '')}"
+        return self.body[:200].decode(errors="replace")
+
+
+class Https:
+    """The agent's one HTTPS client: blocking, over one kept-alive connection to the server.
+
+    The standard library's ``http.client`` keeps a real agent's footprint small (no
+    ``requests``, no urllib3). :class:`ApiClient` runs it in a worker thread; registration
+    calls it directly.
+    """
+
+    def __init__(self, url: str, context: ssl.SSLContext, timeout: float = 30.0) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise AgentError(f"API endpoint {url!r} must be an https:// URL")
+        self.url = url.rstrip("/")
+        self._host = parts.hostname
+        self._port = parts.port or 443
+        self._prefix = parts.path.rstrip("/")
+        self._context = context
+        self._timeout = timeout
+        self._conn: http.client.HTTPSConnection | None = None
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Reply:
+        url = self._prefix + path
+        for attempt in range(2):
+            reused = self._conn is not None
+            conn = self._conn or http.client.HTTPSConnection(
+                self._host, self._port, timeout=self._timeout, context=self._context
+            )
+            self._conn = None
+            try:
+                conn.request(method, url, body=body, headers=headers or {})
+                response = conn.getresponse()
+                data = response.read()
+            except (OSError, http.client.HTTPException) as e:
+                conn.close()
+                # A kept-alive connection the server closed meanwhile: retry once, fresh.
+                # Safe for POST too: the server applies each (device, seq) once.
+                stale = isinstance(e, http.client.RemoteDisconnected | ConnectionError)
+                if reused and stale and attempt == 0:
+                    continue
+                raise ApiError(f"{method} {self.url}{path}: {e}") from e
+            if not response.will_close:
+                self._conn = conn
+            else:
+                conn.close()
+            return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, data)
+        raise AssertionError("unreachable")
+
+    def reload_certificate(self, cert: Path, key: Path) -> None:
+        """Present the certificate in ``cert`` from the next handshake on (blocking): it is
+        loaded into the shared TLS context and the kept-alive connection is dropped."""
+        self._context.load_cert_chain(str(cert), str(key))
+        self.close()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
 @dataclass(frozen=True)
 class PulledSpec:
     document: SpecDocument
@@ -103,40 +194,33 @@ class ApiClient:
     def __init__(
         self, api_url: str, device_id: str, context: ssl.SSLContext, timeout: float = 30.0
     ) -> None:
-        parts = urlsplit(api_url)
-        if parts.scheme != "https" or not parts.hostname:
-            raise AgentError(f"API endpoint {api_url!r} must be an https:// URL")
-        self._host = parts.hostname
-        self._port = parts.port or 443
-        self._prefix = f"{parts.path.rstrip('/')}/api/v1/devices/{device_id}"
+        self._https = Https(api_url, context, timeout)
+        self._prefix = f"/api/v1/devices/{device_id}"
         self._device_id = device_id
-        self._context = context
-        self._timeout = timeout
-        self._conn: http.client.HTTPSConnection | None = None
         self._lock = asyncio.Lock()
 
     async def get_spec(self, etag: str | None) -> PulledSpec | None:
         """The device's spec, or None when it still matches ``etag`` (304)."""
         headers = {"If-None-Match": etag} if etag else {}
-        status, reply_headers, body = await self._call("GET", "/spec", None, headers)
-        if status == 304:
+        reply = await self._call("GET", "/spec", None, headers)
+        if reply.status == 304:
             return None
-        self._check(status, body, "GET spec")
+        self._check(reply, "GET spec")
         try:
-            document = SpecDocument.model_validate_json(body)
+            document = SpecDocument.model_validate_json(reply.body)
         except ValidationError as e:
             raise ApiError(f"the server sent a spec that does not validate: {e}") from e
         if document.device_id != self._device_id:
             raise ApiError(f"the server sent the spec of {document.device_id}")
-        return PulledSpec(document, reply_headers.get("etag"))
+        return PulledSpec(document, reply.headers.get("etag"))
 
     async def post_status(self, batch: StatusBatch) -> StatusAck:
         body = batch.model_dump_json().encode()
         headers = {"Content-Type": "application/json"}
-        status, _, reply = await self._call("POST", "/status", body, headers)
-        self._check(status, reply, "POST status")
+        reply = await self._call("POST", "/status", body, headers)
+        self._check(reply, "POST status")
         try:
-            return StatusAck.model_validate_json(reply)
+            return StatusAck.model_validate_json(reply.body)
         except ValidationError as e:
             raise ApiError(f"the server sent a status ack that does not validate: {e}") from e
 
@@ -145,10 +229,10 @@ class ApiClient:
         is still valid (mTLS with it)."""
         body = CertificateRenewRequest(csr=csr).model_dump_json().encode()
         headers = {"Content-Type": "application/json"}
-        status, _, reply = await self._call("POST", "/certificate", body, headers)
-        self._check(status, reply, "POST certificate")
+        reply = await self._call("POST", "/certificate", body, headers)
+        self._check(reply, "POST certificate")
         try:
-            return CertificateRenewResponse.model_validate_json(reply)
+            return CertificateRenewResponse.model_validate_json(reply.body)
         except ValidationError as e:
             raise ApiError(f"the server sent a certificate that does not validate: {e}") from e
 
@@ -156,66 +240,29 @@ class ApiClient:
         """Present the certificate now in ``cert`` from the next handshake on: it is loaded
         into the TLS context (which MQTT shares), and the kept-alive connection is dropped."""
         async with self._lock:
-            await asyncio.to_thread(self._context.load_cert_chain, str(cert), str(key))
-            if self._conn is not None:
-                await asyncio.to_thread(self._conn.close)
-                self._conn = None
+            await asyncio.to_thread(self._https.reload_certificate, cert, key)
 
     async def close(self) -> None:
         async with self._lock:
-            if self._conn is not None:
-                await asyncio.to_thread(self._conn.close)
-                self._conn = None
+            await asyncio.to_thread(self._https.close)
 
     async def _call(
         self, method: str, path: str, body: bytes | None, headers: dict[str, str]
-    ) -> tuple[int, dict[str, str], bytes]:
+    ) -> Reply:
         async with self._lock:  # one request at a time on the kept-alive connection
-            return await asyncio.to_thread(self._request, method, path, body, headers)
-
-    def _request(
-        self, method: str, path: str, body: bytes | None, headers: dict[str, str]
-    ) -> tuple[int, dict[str, str], bytes]:
-        url = self._prefix + path
-        for attempt in range(2):
-            reused = self._conn is not None
-            conn = self._conn or http.client.HTTPSConnection(
-                self._host, self._port, timeout=self._timeout, context=self._context
+            return await asyncio.to_thread(
+                self._https.request, method, self._prefix + path, body, headers
             )
-            self._conn = None
-            try:
-                conn.request(method, url, body=body, headers=headers)
-                response = conn.getresponse()
-                data = response.read()
-            except (OSError, http.client.HTTPException) as e:
-                conn.close()
-                # A kept-alive connection the server closed meanwhile: retry once, fresh.
-                # Safe for POST too: the server applies each (device, seq) once.
-                stale = isinstance(e, http.client.RemoteDisconnected | ConnectionError)
-                if reused and stale and attempt == 0:
-                    continue
-                raise ApiError(f"{method} {url}: {e}") from e
-            if not response.will_close:
-                self._conn = conn
-            else:
-                conn.close()
-            return response.status, {k.lower(): v for k, v in response.getheaders()}, data
-        raise AssertionError("unreachable")
 
     @staticmethod
-    def _check(status: int, body: bytes, what: str) -> None:
-        if status == 200:
+    def _check(reply: Reply, what: str) -> None:
+        if reply.status == 200:
             return
-        detail: Any = body[:200].decode(errors="replace")
-        try:
-            decoded = json.loads(body)
-            if isinstance(decoded, dict):
-                detail = f"{decoded.get('error', '')}: {decoded.get('detail', '')}"
-        except ValueError:
-            pass
-        if status == 403:
-            raise ApiError(f"{what} forbidden: certificate revoked or not this device", status)
-        raise ApiError(f"{what} failed ({status}): {detail}", status)
+        if reply.status == 403:
+            raise ApiError(
+                f"{what} forbidden: certificate revoked or not this device", reply.status
+            )
+        raise ApiError(f"{what} failed ({reply.status}): {reply.error_detail()}", reply.status)
 
 
 # --- MQTT -----------------------------------------------------------------------------

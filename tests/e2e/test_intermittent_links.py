@@ -91,7 +91,7 @@ class FleetServer:
         return list(json.loads(self.corral("device", "list", "-o", "json")))
 
     def show(self, device_id: str) -> dict[str, Any]:
-        return dict(json.loads(self.corral("device", "show", device_id)))
+        return dict(json.loads(self.corral("device", "show", device_id, "-o", "json")))
 
 
 def start_agent(agent: Host, root: Path, seed: Path) -> subprocess.Popen[Any]:

@@ -162,10 +162,10 @@ def test_operator_labels_win_and_survive_reregistration(server: Server) -> None:
     device_id = register(server, machine, token["token"]).json()["device_id"]
     server.corral("device", "label", device_id, "site=lab", "tier=gold")
     register(server, machine, token["token"])
-    shown = json.loads(server.corral("device", "show", device_id).stdout)
+    shown = json.loads(server.corral("device", "show", device_id, "-o", "json").stdout)
     assert shown["labels"] == {"site": "lab", "tier": "gold"}
     server.corral("device", "label", device_id, "tier-")
-    shown = json.loads(server.corral("device", "show", device_id).stdout)
+    shown = json.loads(server.corral("device", "show", device_id, "-o", "json").stdout)
     assert shown["labels"] == {"site": "lab"}
 
 

@@ -41,7 +41,7 @@ def test_agent_registers_with_real_facts_and_appears_in_device_list(
 
     devices = json.loads(server.corral("device", "list", "-o", "json").stdout)
     assert [d["id"] for d in devices] == [answer["device_id"]]
-    shown = json.loads(server.corral("device", "show", answer["device_id"]).stdout)
+    shown = json.loads(server.corral("device", "show", answer["device_id"], "-o", "json").stdout)
     here = facts.collect()
     assert shown["facts"]["cpu"]["count"] == os.cpu_count()
     assert shown["facts"]["memory"]["total_bytes"] == here.memory.total_bytes
