@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import ssl
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from cryptography import x509
 
 from edge_server.settings import Settings
 from registration import identity
+from registration.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -20,20 +20,13 @@ MQTT_IDENTITY = "corral-server"
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """Write a secret 0600 from the first byte, atomically."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write a secret, 0600 from the first byte, atomically and durably."""
+    atomic_write(path, data, 0o600)
 
 
 def write_public(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    """Write a certificate or CRL, 0644, atomically and durably."""
+    atomic_write(path, data, 0o644)
 
 
 class Pki:

@@ -16,7 +16,6 @@ from sqlite_utils import Database
 
 from edge_server import specs
 from edge_server.errors import BadRequest, Conflict, Unauthorized
-from edge_server.store import Store
 from edge_server.store import devices as devices_store
 from edge_server.store import state as state_store
 from edge_server.store import tokens as tokens_store
@@ -80,7 +79,7 @@ def _check_token(row: dict[str, object] | None, token: tokens.RegistrationToken)
         raise Unauthorized("registration token has expired", code="expired_token")
 
 
-def _commit(
+def commit(
     db: Database,
     ca: identity.CertificateAuthority,
     req: Checked,
@@ -170,15 +169,3 @@ def _commit(
         endpoints=Endpoints(api=api_url, mqtt=mqtt_url),
         created=created,
     )
-
-
-async def register(
-    store: Store,
-    ca: identity.CertificateAuthority,
-    doc: RegisterRequest,
-    api_url: str,
-    mqtt_url: str | None = None,
-) -> tuple[list[specs.Change], RegisterResponse]:
-    """Returns the spec changes (for nudges) and the answer for the device."""
-    checked = check_request(doc, ca.fingerprint)
-    return await store.write(lambda db: _commit(db, ca, checked, api_url, mqtt_url))
