@@ -2,7 +2,8 @@
 
 The decision and the writes happen in one writer job, so token use counting and the
 one-device-per-machine rule hold under any concurrency, and a failed registration
-leaves nothing behind (its savepoint is rolled back).
+leaves nothing behind (its savepoint is rolled back). :func:`check_request` needs no
+database; :func:`commit` is that writer job. ``ops.registration.register`` runs both.
 """
 
 from __future__ import annotations
