@@ -14,8 +14,19 @@ from aiohttp import web
 from edge_server import api
 from edge_server.api.middleware import errors
 from edge_server.channel import Channel, ChannelSettings
-from edge_server.keys import CA, CA_PEM, CHANNEL, REGISTER_LIMITER, SESSIONS, SETTINGS, STORE
+from edge_server.keys import (
+    CA,
+    CA_PEM,
+    CHANNEL,
+    NOTIFIER,
+    REGISTER_LIMITER,
+    SESSIONS,
+    SETTINGS,
+    STORE,
+)
 from edge_server.mosquitto import MosquittoFiles
+from edge_server.notifier import Notifier
+from edge_server.ops import status as status_ops
 from edge_server.pki import MQTT_IDENTITY, Pki
 from edge_server.ratelimit import FailureLimiter
 from edge_server.server_certs import SERVER_CERTS, ServerCertificates
@@ -23,7 +34,6 @@ from edge_server.sessions import MosquittoSessions, NoSessionControl, SessionCon
 from edge_server.settings import Settings
 from edge_server.store import Store
 from edge_server.store import devices as devices_store
-from edge_server.store import state as state_store
 from edge_server.tls import limit_tls_buffers
 
 log = logging.getLogger(__name__)
@@ -101,8 +111,9 @@ async def _channel(app: web.Application) -> AsyncIterator[None]:
             share_group=settings.mqtt_share_group,
         ),
         app[STORE],
+        app[NOTIFIER],
     )
-    await app[STORE].write(state_store.mark_all_offline)
+    await status_ops.all_offline(app[STORE])
     app[CHANNEL] = channel
     app[SERVER_CERTS].on_mqtt_client_renewed(channel.reconnect)
     try:
@@ -160,6 +171,7 @@ def create_app(settings: Settings) -> web.Application:
     app[REGISTER_LIMITER] = FailureLimiter(settings.register_failures_per_minute)
     app[SESSIONS] = NoSessionControl()
     app[SERVER_CERTS] = ServerCertificates(pki)
+    app[NOTIFIER] = Notifier(app)
     app.cleanup_ctx.append(_store)
     app.cleanup_ctx.append(_broker)
     app.cleanup_ctx.append(_channel)

@@ -16,6 +16,7 @@ from cryptography import x509
 from edge_server import passwords
 from edge_server.errors import Forbidden, Unauthorized
 from edge_server.keys import STORE
+from edge_server.ops.changes import Actor
 from edge_server.store import devices as devices_store
 from edge_server.store import users as users_store
 from registration.identity import common_name
@@ -76,6 +77,11 @@ def operator(role: str) -> Callable[[Handler], Handler]:
 
 def current_operator(request: web.Request) -> Operator:
     return request[OPERATOR_KEY]
+
+
+def current_actor(request: web.Request) -> Actor:
+    """The operator behind this request, as operations record it."""
+    return Actor(request[OPERATOR_KEY].username)
 
 
 def peer_certificate(request: web.Request) -> x509.Certificate | None:

@@ -16,7 +16,7 @@ import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import aiomqtt
@@ -24,10 +24,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import ValidationError
 
+from edge_server.errors import ServerError
+from edge_server.ops import status as status_ops
 from edge_server.pki import MQTT_IDENTITY
 from edge_server.specs import Change
 from edge_server.store import Store
-from edge_server.store import state as state_store
 from registration import protocol
 from registration.desired import (
     TOPIC_ROOT,
@@ -37,6 +38,9 @@ from registration.desired import (
     device_of_topic,
     nudge_topic,
 )
+
+if TYPE_CHECKING:
+    from edge_server.notifier import Notifier
 
 log = logging.getLogger(__name__)
 
@@ -72,15 +76,15 @@ class ChannelStats:
 
 
 class Channel:
-    def __init__(self, settings: ChannelSettings, store: Store) -> None:
+    def __init__(self, settings: ChannelSettings, store: Store, notifier: Notifier) -> None:
         self.settings = settings
         self.store = store
+        self.notifier = notifier
         self.stats = ChannelStats()
         self._client: aiomqtt.Client | None = None
         self._publish_slots = asyncio.Semaphore(PUBLISH_CONCURRENCY)
         self._handler_slots = asyncio.Semaphore(HANDLER_CONCURRENCY)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._connected = asyncio.Event()
 
     # --- outgoing ------------------------------------------------------------------
 
@@ -104,9 +108,6 @@ class Channel:
                 log.info("nudge for %s not sent (%s); it is resent on reconnect", device_id, e)
                 return
         self.stats.nudges_sent += 1
-
-    async def wait_connected(self) -> None:
-        await self._connected.wait()
 
     # --- the connection --------------------------------------------------------------
 
@@ -156,7 +157,6 @@ class Channel:
                     self._client = client
                     self.stats.connected = True
                     self.stats.connects += 1
-                    self._connected.set()
                     delay = 0.5
                     log.info("MQTT channel connected to %s", self.settings.url)
                     await self._republish(client)
@@ -170,7 +170,6 @@ class Channel:
             finally:
                 self._client = None
                 self.stats.connected = False
-                self._connected.clear()
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))  # noqa: S311 - jitter
             delay = min(delay * 2, 10.0)
 
@@ -188,10 +187,12 @@ class Channel:
             log.error("MQTT message handler failed", exc_info=task.exception())
 
     async def _republish(self, client: aiomqtt.Client) -> None:
-        pending = await self.store.read(state_store.pending_nudges)
+        pending = await status_ops.pending_nudges(self.store)
         if pending:
             log.info("republishing %d pending nudges", len(pending))
-        await asyncio.gather(*(self._publish_nudge(client, *p) for p in pending))
+        await asyncio.gather(
+            *(self._publish_nudge(client, c.device_id, c.generation, c.acked_seq) for c in pending)
+        )
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -214,7 +215,7 @@ class Channel:
         try:
             data = protocol.loads(payload)
             if kind == "status":
-                await self.apply_status(device_id, StatusBatch.model_validate(data), "mqtt")
+                await self._status(device_id, StatusBatch.model_validate(data))
             elif kind == "presence":
                 await self._presence(device_id, Presence.model_validate(data))
             else:
@@ -222,19 +223,19 @@ class Channel:
         except (ValueError, ValidationError, protocol.InvalidJson) as e:
             self.stats.drop(f"malformed_{kind}")
             log.warning("dropped malformed %s from %s: %s", kind, device_id, str(e)[:200])
+        except ServerError as e:  # refused by the operation, e.g. a generation ahead
+            self.stats.drop(e.code)
+            log.warning("dropped %s from %s: %s", kind, device_id, e.detail[:200])
 
-    async def apply_status(self, device_id: str, batch: StatusBatch, via: str) -> tuple[int, int]:
-        events = [e.model_dump() for e in batch.events]
-        acked, applied, generation = await self.store.write(
-            lambda db: state_store.apply_status(db, device_id, events, via)
-        )
+    async def _status(self, device_id: str, batch: StatusBatch) -> None:
+        ack = await self.notifier.run(status_ops.apply_status(self.store, device_id, batch, "mqtt"))
+        self.count_status(len(batch.events), ack.applied)
+
+    def count_status(self, events: int, applied: int) -> None:
+        """Status applied over either transport, for ``GET /api/v1/stats``."""
         self.stats.status_applied += applied
-        self.stats.status_duplicates += len(events) - applied
-        client = self._client
-        if client is not None and generation:
-            await self._publish_nudge(client, device_id, generation, acked)
-        return acked, applied
+        self.stats.status_duplicates += events - applied
 
     async def _presence(self, device_id: str, presence: Presence) -> None:
         self.stats.presence += 1
-        await self.store.write(lambda db: state_store.set_presence(db, device_id, presence.online))
+        await self.notifier.run(status_ops.presence(self.store, device_id, presence.online))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from aiohttp import web
 
 from edge_server.channel import Channel
@@ -11,6 +13,9 @@ from edge_server.settings import Settings
 from edge_server.store import Store
 from registration.identity import CertificateAuthority
 
+if TYPE_CHECKING:  # the notifier reads the keys above
+    from edge_server.notifier import Notifier
+
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
 CA = web.AppKey("ca", CertificateAuthority)
@@ -18,3 +23,4 @@ CA_PEM = web.AppKey("ca_pem", str)
 REGISTER_LIMITER = web.AppKey("register_limiter", FailureLimiter)
 CHANNEL = web.AppKey("channel", Channel)
 SESSIONS = web.AppKey("sessions", SessionControl)
+NOTIFIER: web.AppKey[Notifier] = web.AppKey("notifier")

@@ -2,7 +2,8 @@
 
 The decision and the writes happen in one writer job, so token use counting and the
 one-device-per-machine rule hold under any concurrency, and a failed registration
-leaves nothing behind (its savepoint is rolled back).
+leaves nothing behind (its savepoint is rolled back). :func:`check_request` needs no
+database; :func:`commit` is that writer job. ``ops.registration.register`` runs both.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from sqlite_utils import Database
 from edge_server import specs
 from edge_server.errors import BadRequest, Conflict, Unauthorized
 from edge_server.ops.certificates import issue_and_record
-from edge_server.store import Store
 from edge_server.store import devices as devices_store
 from edge_server.store import state as state_store
 from edge_server.store import tokens as tokens_store
@@ -82,7 +82,7 @@ def _check_token(row: dict[str, object] | None, token: tokens.RegistrationToken)
         raise Unauthorized("registration token has expired", code="expired_token")
 
 
-def _commit(
+def commit(
     db: Database,
     ca: identity.CertificateAuthority,
     req: Checked,
@@ -166,16 +166,3 @@ def _commit(
         endpoints=Endpoints(api=api_url, mqtt=mqtt_url),
         created=created,
     )
-
-
-async def register(
-    store: Store,
-    ca: identity.CertificateAuthority,
-    doc: RegisterRequest,
-    api_url: str,
-    mqtt_url: str | None = None,
-    cert_lifetime: dt.timedelta = identity.DEVICE_CERT_LIFETIME,
-) -> tuple[list[specs.Change], RegisterResponse]:
-    """Returns the spec changes (for nudges) and the answer for the device."""
-    checked = check_request(doc, ca.fingerprint)
-    return await store.write(lambda db: _commit(db, ca, checked, api_url, mqtt_url, cert_lifetime))

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from edge_server import registrar
 from edge_server.api.http import json_response, read_model
 from edge_server.errors import ServerError
-from edge_server.keys import CA, CHANNEL, REGISTER_LIMITER, SETTINGS, STORE
+from edge_server.keys import CA, NOTIFIER, REGISTER_LIMITER, SETTINGS, STORE
+from edge_server.ops import registration as registration_ops
 from registration.errors import RegistrationError
 from registration.protocol import RegisterRequest
 
@@ -20,26 +20,26 @@ def client_address(request: web.Request) -> str:
 
 @routes.post("/api/v1/register")
 async def register(request: web.Request) -> web.Response:
-    limiter = request.app[REGISTER_LIMITER]
+    app = request.app
+    limiter = app[REGISTER_LIMITER]
     address = client_address(request)
     limiter.check(address)
-    settings = request.app[SETTINGS]
+    settings = app[SETTINGS]
     try:
         doc = await read_model(request, RegisterRequest)
-        changes, result = await registrar.register(
-            request.app[STORE],
-            request.app[CA],
-            doc,
-            api_url=settings.public_url or f"{request.scheme}://{request.host}",
-            mqtt_url=settings.device_mqtt_url(request.host),
-            cert_lifetime=settings.device_cert_lifetime,
+        result = await app[NOTIFIER].run(
+            registration_ops.register(
+                app[STORE],
+                app[CA],
+                doc,
+                api_url=settings.public_url or f"{request.scheme}://{request.host}",
+                mqtt_url=settings.device_mqtt_url(request.host),
+                cert_lifetime=settings.device_cert_lifetime,
+            )
         )
-    except (ServerError, RegistrationError):
-        limiter.record_failure(address)
+    except (ServerError, RegistrationError) as e:
+        # Only the client's own mistakes count: a full disk (507) is not a wrong guess.
+        if getattr(e, "status", 400) < 500:
+            limiter.record_failure(address)
         raise
-    # A new device gets no nudge: its agent pulls its spec right after this answer, and
-    # publishing would cost every registration a broker round. A known device may hold a
-    # retained nudge from before (a reset resets its acked seq), so it gets a fresh one.
-    if not result.created:
-        await request.app[CHANNEL].nudge(changes)
     return json_response(result, status=201 if result.created else 200)

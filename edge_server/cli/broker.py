@@ -16,10 +16,9 @@ from typing import Any
 
 from edge_server import bootstrap, mosquitto
 from edge_server.cli.serve import announce_first_start
+from edge_server.ops import devices as device_ops
 from edge_server.pki import MQTT_IDENTITY, Pki, write_public
 from edge_server.settings import load, parse_listen
-from edge_server.store import connect
-from edge_server.store import devices as devices_store
 
 
 def mosquitto_config(args: argparse.Namespace) -> int:
@@ -28,11 +27,7 @@ def mosquitto_config(args: argparse.Namespace) -> int:
     announce_first_start(settings, creds)  # nothing serves yet: no "serving on" line
     pki = Pki(settings.pki_dir)
     host, port = parse_listen(args.listen)
-    db = connect(settings.db_path)
-    try:
-        revoked = devices_store.revoked_serials(db)
-    finally:
-        db.conn.close()
+    revoked = device_ops.revoked_serials_at(settings.db_path)
     ca = pki.load_ca()
     files = mosquitto.write_config(
         Path(args.out).absolute(),

@@ -10,34 +10,52 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
-import ssl
 import sys
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from edge_server import bootstrap
 from edge_server.app import create_app
 from edge_server.cli.serve import add_mqtt_arguments, announce, http_log, settings_from_args
+from edge_server.errors import Conflict
+from edge_server.keys import CA, NOTIFIER, STORE
+from edge_server.ops import Actor
+from edge_server.ops import groups as group_ops
+from edge_server.ops import tokens as token_ops
+from edge_server.ops.groups import GroupCreate
 from edge_server.server_certs import SERVER_CERTS
 from edge_server.settings import Settings
+from registration.protocol import TokenCreate
 
 log = logging.getLogger(__name__)
 
-DEMO_GROUP = {
-    "name": "demo",
-    "selector": "corral.demo=true",
-    "priority": 0,
-    "spec": {
-        "os": {"version": "demo-1"},
-        "config": [
-            {"path": "/etc/corral-demo/motd", "mode": 0o644, "content": "Welcome to Corral\n"}
-        ],
-    },
-}
+DEMO_GROUP = GroupCreate.model_validate(
+    {
+        "name": "demo",
+        "selector": "corral.demo=true",
+        "priority": 0,
+        "spec": {
+            "os": {"version": "demo-1"},
+            "config": [
+                {"path": "/etc/corral-demo/motd", "mode": 0o644, "content": "Welcome to Corral\n"}
+            ],
+        },
+    }
+)
+
+
+def demo_token(count: int) -> TokenCreate:
+    return TokenCreate(
+        group="demo",
+        labels={"corral.demo": "true"},
+        max_uses=count,
+        ttl_seconds=3600,
+        name_template="demo-${dmi.product_uuid:8}",
+    )
 
 
 def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
@@ -61,42 +79,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _api(
-    session: aiohttp.ClientSession, url: str, method: str, path: str, body: Any = None
-) -> Any:
-    async with session.request(method, url + path, json=body) as response:
-        data = await response.json()
-        if response.status >= 400 and response.status != 409:
-            raise RuntimeError(f"{method} {path}: {data}")
-        return data
+DEMO_ACTOR = Actor("demo")
 
 
-async def _prepare_fleet(settings: Settings, count: int) -> str:
-    """The demo group and a token for the simulated devices; returns the token."""
-    token_text = await asyncio.to_thread(settings.admin_token_path.read_text)
-    ctx = await asyncio.to_thread(
-        ssl.create_default_context, cafile=str(settings.pki_dir / "ca.pem")
+async def _prepare_fleet(app: web.Application, count: int) -> str:
+    """The demo group (kept if it exists) and a token for the simulated devices."""
+    store, notifier = app[STORE], app[NOTIFIER]
+    with contextlib.suppress(Conflict):
+        await notifier.run(group_ops.create(store, DEMO_ACTOR, DEMO_GROUP))
+    token = await notifier.run(
+        token_ops.create(store, DEMO_ACTOR, demo_token(count), app[CA].fingerprint)
     )
-    headers = {"Authorization": f"Bearer {token_text.strip()}"}
-    async with aiohttp.ClientSession(
-        headers=headers, connector=aiohttp.TCPConnector(ssl=ctx)
-    ) as session:
-        url = settings.local_url
-        await _api(session, url, "POST", "/api/v1/groups", DEMO_GROUP)
-        token = await _api(
-            session,
-            url,
-            "POST",
-            "/api/v1/tokens",
-            {
-                "group": "demo",
-                "labels": {"corral.demo": "true"},
-                "max_uses": count,
-                "ttl_seconds": 3600,
-                "name_template": "demo-${dmi.product_uuid:8}",
-            },
-        )
-        return str(token["token"])
+    return token.token
 
 
 async def demo(settings: Settings, count: int) -> None:
@@ -118,7 +112,7 @@ async def demo(settings: Settings, count: int) -> None:
     agents: list[Agent] = []
     tasks: list[asyncio.Task[None]] = []
     try:
-        token = tokens.parse(await _prepare_fleet(settings, count))
+        token = tokens.parse(await _prepare_fleet(app, count))
         seed = Seed(server=settings.local_url, token=token)
         root = settings.data_dir / "demo"
         for i in range(count):
