@@ -8,8 +8,9 @@ from pathlib import Path
 import requests
 
 from registration.desired import status_topic
-from tests.edge_server.test_channel import batch, publish, registered, stats, wait_for
+from tests.edge_server.test_channel import batch, publish, registered, stats
 from tests.support import Server
+from tests.waiting import wait_until
 
 AHEAD = 9223372036854775807
 
@@ -64,11 +65,11 @@ def test_observed_generation_ahead_over_mqtt_is_dropped_and_counted(
         publish(server, cert, device_id, topic, json.dumps(batch(1, generation=AHEAD))).returncode
         == 0
     )
-    wait_for(
+    wait_until(
         "the batch dropped",
         lambda: stats(server)["drop_reasons"].get("observed_generation_ahead") == 1,
     )
     assert reported(server, device_id)["observed"] == 0
     assert publish(server, cert, device_id, topic, json.dumps(batch(1))).returncode == 0
-    wait_for("the honest batch applied", lambda: reported(server, device_id)["observed"] == 1)
+    wait_until("the honest batch applied", lambda: reported(server, device_id)["observed"] == 1)
     assert stats(server)["drop_reasons"] == {"observed_generation_ahead": 1}
