@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +15,7 @@ from pathlib import Path
 from node_image.agent import daemon
 from node_image.agent import seed as seed_mod
 from node_image.agent.state import StateDir
+from node_image.boot import RebootRequested
 from node_image.errors import AgentError
 from node_image.host import Host, LinuxHost, SimulatedHost
 
@@ -83,8 +85,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         mqtt=not args.no_mqtt,
     )
     agent = daemon.Agent(state.root, host, seed, settings)
-    asyncio.run(run_agent(agent))
+    try:
+        asyncio.run(run_agent(agent))
+    except RebootRequested as e:
+        if isinstance(host, SimulatedHost):
+            restart_simulated(e)
+        log.warning("the machine is rebooting; the agent exits")  # systemd stops the rest
     return 0
+
+
+def restart_simulated(reboot: RebootRequested) -> None:
+    """A simulated reboot: the same command again, in a fresh process, booted into the slot
+    the simulated GRUB chose (its directory records it)."""
+    log.warning("simulated reboot into slot %s: restarting the agent", reboot.slot)
+    argv = [sys.executable, "-m", "node_image.agent.cli", *sys.argv[1:]]
+    os.execv(sys.executable, argv)  # noqa: S606 - our own interpreter, our own arguments
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -288,7 +288,7 @@ class Agent:
                 await task
             except asyncio.CancelledError:
                 pass
-            except Exception as e:  # already raised from run(); here only logged
+            except (Exception, RebootRequested) as e:  # already raised from run(); logged
                 log.debug("%s ended: %s", task.get_name(), e)
         if link is not None:
             await link.api.close()
