@@ -175,7 +175,7 @@ class _FileHost:
         return commands.run(argv, env, timeout)
 
     def active_slot(self) -> str:
-        raise NotImplementedError
+        raise NotImplementedError  # each host knows how it booted
 
     def inactive_slot(self) -> str:
         return boot.other_slot(self.active_slot())

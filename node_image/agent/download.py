@@ -2,9 +2,11 @@
 free-space check before the first byte is written.
 
 The bytes go to ``<dest>.part`` and become ``dest`` (rename, fsync) only once their size and
-sha256 match. A cut connection is resumed from where it stopped (``Range: bytes=N-``), in the
-same call or, after a restart of the agent, from the ``.part`` file left on disk. Nothing is
-held in memory beyond one chunk.
+sha256 match. Free space is checked against ``size`` before connecting, or, when the caller
+does not know it, against the server's ``Content-Length``/``Content-Range`` before writing
+(a server that announces neither gets no check). A cut connection is resumed from where it
+stopped (``Range: bytes=N-``), in the same call or, after a restart of the agent, from the
+``.part`` file left on disk. Nothing is held in memory beyond one chunk.
 
 The source is any HTTP(S) URL; :meth:`Downloader.open` builds the session from the agent's
 client TLS context (mTLS to the Corral server's artifact mirror). File work runs in threads,
