@@ -18,6 +18,7 @@ from node_image.agent import daemon
 from node_image.agent import seed as seed_mod
 from node_image.agent.state import CorruptStateFile, StateDir
 from node_image.agent.transport import Backoff
+from node_image.boot import RebootRequested
 from node_image.errors import AgentError
 from node_image.host import Host, LinuxHost, SimulatedHost
 
@@ -133,8 +134,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         mqtt=not args.no_mqtt,
     )
     agent = daemon.Agent(state.root, host, seed, settings)
-    asyncio.run(run_agent(agent))
+    try:
+        asyncio.run(run_agent(agent))
+    except RebootRequested as e:
+        if isinstance(host, SimulatedHost):
+            restart_simulated(e)
+        log.warning("the machine is rebooting; the agent exits")  # systemd stops the rest
     return 0
+
+
+def restart_simulated(reboot: RebootRequested) -> None:
+    """A simulated reboot: the same command again, in a fresh process, booted into the slot
+    the simulated GRUB chose (its directory records it)."""
+    log.warning("simulated reboot into slot %s: restarting the agent", reboot.slot)
+    argv = [sys.executable, "-m", "node_image.agent.cli", *sys.argv[1:]]
+    os.execv(sys.executable, argv)  # noqa: S606 - our own interpreter, our own arguments
 
 
 def build_parser() -> argparse.ArgumentParser:

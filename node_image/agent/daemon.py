@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from node_image.agent.context import ReconcileContext, run_reconcile
 from node_image.agent.outbox import Outbox
 from node_image.agent.reconcilers import Reconciler, build
 from node_image.agent.renew import keep_renewed
@@ -42,6 +43,7 @@ from node_image.agent.transport import (
     client_tls,
     jittered,
 )
+from node_image.boot import RebootRequested
 from node_image.errors import AgentError
 from node_image.host import Host
 from registration.desired import Condition, Nudge, SpecDocument, StatusBatch
@@ -198,6 +200,8 @@ class Agent:
                 if task is stopping or task.cancelled():
                     continue
                 if (error := task.exception()) is not None:
+                    if isinstance(error, RebootRequested):  # the host is going down
+                        raise error
                     raise AgentError(f"{task.get_name()} failed: {error!r}") from error
         finally:
             await self._close(tasks)
@@ -288,7 +292,7 @@ class Agent:
                 await task
             except asyncio.CancelledError:
                 pass
-            except Exception as e:  # already raised from run(); here only logged
+            except (Exception, RebootRequested) as e:  # already raised from run(); logged
                 log.debug("%s ended: %s", task.get_name(), e)
         if link is not None:
             await link.api.close()
@@ -394,16 +398,10 @@ class Agent:
             self._changed.notify_all()
 
     async def _run_one(self, reconciler: Reconciler, document: SpecDocument) -> Condition:
-        try:
-            return await reconciler.reconcile(document.spec, self.host)
-        except Exception as e:  # a reconciler bug must not stop the others or the agent
-            log.exception("reconciler %s failed", reconciler.name)
-            return Condition(
-                type=reconciler.name,
-                status="Error",
-                reason="InternalError",
-                message=f"{type(e).__name__}: {e}"[:2048],
-            )
+        # Seams (issue 7): Progressing reports and running the pass as a task come next.
+        outbox = self._link.outbox if self._link else None
+        ctx = ReconcileContext(reconciler.name, self.host, self.state, outbox=outbox)
+        return await run_reconcile(reconciler, document.spec, ctx)
 
     async def _report(
         self, link: _Link, generation: int, conditions: list[Condition]

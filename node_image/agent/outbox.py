@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -115,6 +116,29 @@ class Outbox:
                 )
             self._save(keep, next_seq, acked_seq)
             return AckResult(removed=removed, ahead=ahead)
+
+    def flush_durable(self) -> int:
+        """Make every queued event durable now, whatever ``fsync`` says; the last seq.
+
+        Called before a reboot: a simulated device writes its outbox without fsync, a real
+        one already fsyncs each write, and either way nothing queued may be lost with the
+        page cache. The events are sent after the restart.
+        """
+        with self._lock:
+            try:
+                fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return self._next_seq - 1
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            dir_fd = os.open(self.path.parent, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+            return self._next_seq - 1
 
     # --- file -----------------------------------------------------------------------
 

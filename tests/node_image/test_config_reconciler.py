@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from node_image.agent.context import ReconcileContext
 from node_image.agent.reconcilers import ConfigReconciler, Reconciler
 from node_image.agent.state import StateDir
 from node_image.host import SimulatedHost
@@ -36,6 +37,10 @@ TOOL = ConfigFile(path="/usr/local/bin/tool", mode=0o755, content="#!/bin/sh\nec
 SECRET = ConfigFile(path="/etc/app/secret", mode=0o600, content="s3cret")
 
 
+def ctx(host: SimulatedHost, state: StateDir) -> ReconcileContext:
+    return ReconcileContext("config", host, state)
+
+
 def on_disk(host: SimulatedHost, path: str) -> Path:
     return host.rootfs / path.lstrip("/")
 
@@ -43,7 +48,7 @@ def on_disk(host: SimulatedHost, path: str) -> Path:
 async def test_writes_each_file_with_its_mode(host: SimulatedHost, state: StateDir) -> None:
     reconciler = ConfigReconciler(state)
     assert isinstance(reconciler, Reconciler) and reconciler.name == "config"
-    condition = await reconciler.reconcile(spec(APP, TOOL, SECRET), host)
+    condition = await reconciler.reconcile(spec(APP, TOOL, SECRET), ctx(host, state))
     assert (condition.type, condition.status, condition.message) == (
         "config",
         "Applied",
@@ -58,9 +63,9 @@ async def test_writes_each_file_with_its_mode(host: SimulatedHost, state: StateD
 
 async def test_a_second_run_changes_nothing(host: SimulatedHost, state: StateDir) -> None:
     reconciler = ConfigReconciler(state)
-    condition = await reconciler.reconcile(spec(APP, TOOL), host)
+    condition = await reconciler.reconcile(spec(APP, TOOL), ctx(host, state))
     before = {p: on_disk(host, p).stat() for p in (APP.path, TOOL.path)}
-    again = await reconciler.reconcile(spec(APP, TOOL), host)
+    again = await reconciler.reconcile(spec(APP, TOOL), ctx(host, state))
     assert again == condition  # the same state reports the same condition
     for p, st in before.items():
         now = on_disk(host, p).stat()
@@ -69,12 +74,12 @@ async def test_a_second_run_changes_nothing(host: SimulatedHost, state: StateDir
 
 async def test_a_changed_mode_or_content_is_rewritten(host: SimulatedHost, state: StateDir) -> None:
     reconciler = ConfigReconciler(state)
-    await reconciler.reconcile(spec(APP), host)
-    await reconciler.reconcile(spec(APP.model_copy(update={"mode": 0o600})), host)
+    await reconciler.reconcile(spec(APP), ctx(host, state))
+    await reconciler.reconcile(spec(APP.model_copy(update={"mode": 0o600})), ctx(host, state))
     assert on_disk(host, APP.path).stat().st_mode & 0o7777 == 0o600
     # Drift: someone edits the file by hand; the next run puts it back.
     on_disk(host, APP.path).write_text("tampered")
-    condition = await reconciler.reconcile(spec(APP), host)
+    condition = await reconciler.reconcile(spec(APP), ctx(host, state))
     assert condition.status == "Applied"
     assert on_disk(host, APP.path).read_text() == APP.content
 
@@ -86,11 +91,11 @@ async def test_removes_files_it_wrote_that_are_no_longer_wanted_and_never_foreig
         host.write_file, "/etc/app/local.conf", b"the operator's own file", 0o644
     )
     await asyncio.to_thread(host.write_file, "/etc/hosts", b"127.0.0.1 localhost\n", 0o644)
-    await ConfigReconciler(state).reconcile(spec(APP, SECRET, TOOL), host)
+    await ConfigReconciler(state).reconcile(spec(APP, SECRET, TOOL), ctx(host, state))
 
     # A new instance (an agent restart) knows what the previous one wrote.
     restarted = ConfigReconciler(state)
-    condition = await restarted.reconcile(spec(APP), host)
+    condition = await restarted.reconcile(spec(APP), ctx(host, state))
     assert (condition.status, condition.message) == ("Applied", "1 file(s)")
     assert on_disk(host, APP.path).exists()
     assert not on_disk(host, SECRET.path).exists()
@@ -99,7 +104,7 @@ async def test_removes_files_it_wrote_that_are_no_longer_wanted_and_never_foreig
     assert on_disk(host, "/etc/hosts").exists()
     assert await asyncio.to_thread(restarted.managed) == {APP.path}
 
-    condition = await restarted.reconcile(spec(), host)
+    condition = await restarted.reconcile(spec(), ctx(host, state))
     assert (condition.status, condition.message) == ("Applied", "0 file(s)")
     assert not on_disk(host, APP.path).exists()
     assert on_disk(host, "/etc/app/local.conf").exists()
@@ -114,7 +119,7 @@ async def test_a_bad_target_is_an_error_condition_and_the_rest_still_applies(
     )
     bad = ConfigFile(path="/etc/blocker/app.conf", content="x")
     reconciler = ConfigReconciler(state)
-    condition = await reconciler.reconcile(spec(APP, bad), host)
+    condition = await reconciler.reconcile(spec(APP, bad), ctx(host, state))
     assert (condition.type, condition.status, condition.reason) == ("config", "Error", "BadPath")
     assert "/etc/blocker/app.conf" in condition.message
     assert str(host.rootfs) not in condition.message  # device paths only, not the host's
@@ -123,7 +128,7 @@ async def test_a_bad_target_is_an_error_condition_and_the_rest_still_applies(
     assert await asyncio.to_thread(reconciler.managed) == {APP.path}
 
     # The spec is fixed: the next run is clean.
-    condition = await reconciler.reconcile(spec(APP), host)
+    condition = await reconciler.reconcile(spec(APP), ctx(host, state))
     assert condition.status == "Applied"
 
 
@@ -132,7 +137,7 @@ async def test_a_directory_in_the_way_is_an_error_not_a_crash(
 ) -> None:
     await asyncio.to_thread(host.write_file, "/etc/app.d/inner", b"", 0o644)
     condition = await ConfigReconciler(state).reconcile(
-        spec(ConfigFile(path="/etc/app.d", content="x")), host
+        spec(ConfigFile(path="/etc/app.d", content="x")), ctx(host, state)
     )
     assert condition.status == "Error" and condition.reason == "BadPath"
     assert on_disk(host, "/etc/app.d/inner").exists()

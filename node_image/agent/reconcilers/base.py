@@ -6,8 +6,8 @@ import errno
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
+from node_image.agent.context import ReconcileContext
 from node_image.agent.state import StateDir
-from node_image.host import Host
 from registration.desired import Condition, Spec
 
 MAX_MESSAGE = 2048
@@ -40,7 +40,9 @@ class Reconciler(Protocol):
         """The condition type it reports, for example ``config``."""
         ...
 
-    async def reconcile(self, spec: Spec, host: Host) -> Condition: ...
+    async def reconcile(self, spec: Spec, ctx: ReconcileContext) -> Condition:
+        """Act through ``ctx.host`` only; long work reports ``ctx.progress``."""
+        ...
 
 
 #: Builds a reconciler for a device's state directory (where it keeps its own state).

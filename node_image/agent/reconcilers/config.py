@@ -12,6 +12,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from node_image.agent.context import ReconcileContext
 from node_image.agent.reconcilers.base import describe, error_condition, reason_for
 from node_image.agent.state import StateDir, read_json
 from node_image.errors import AgentError
@@ -47,8 +48,8 @@ class ConfigReconciler:
         self._state = state
         self._path = state.reconciler(NAME)
 
-    async def reconcile(self, spec: Spec, host: Host) -> Condition:
-        return await asyncio.to_thread(self.apply, spec.config, host)
+    async def reconcile(self, spec: Spec, ctx: ReconcileContext) -> Condition:
+        return await asyncio.to_thread(self.apply, spec.config, ctx.host)
 
     def managed(self) -> set[str]:
         """The paths this reconciler has written and not yet removed."""
