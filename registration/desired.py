@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
+from registration.artifacts import ArtifactRef
 from registration.document import Count, Document
 
 MAX_CONFIG_BYTES = 256 * 1024
@@ -64,14 +65,23 @@ class ConfigFile(Document):
 
 class OsSpec(Document):
     version: str | None = Field(default=None, max_length=128)
-    artifact: str | None = Field(default=None, max_length=1024)
+    #: Resolved by the server from the mirror (kind ``os-image``, this version).
+    image: ArtifactRef | None = None
+    #: Install a version lower than the running one (refused otherwise).
+    allow_downgrade: bool | None = None
 
 
 class K3sSpec(Document):
     version: str | None = Field(default=None, max_length=128)
     role: Literal["server", "agent", "auto"] | None = None
+    #: Filled by the server for agents of a cluster: the server node's URL and join token
+    #: (this spec travels only over mTLS HTTPS, never MQTT).
     server_url: str | None = Field(default=None, max_length=1024)
     token: str | None = Field(default=None, max_length=1024)
+    #: Resolved by the server from the mirror for this version (binary for the device's arch).
+    install_script: ArtifactRef | None = None
+    binary: ArtifactRef | None = None
+    images: ArtifactRef | None = None
 
 
 class Bundle(Document):

@@ -67,7 +67,7 @@ def test_higher_priority_wins_field_by_field_and_override_wins_last(db: Database
         "",
         0,
         SpecPatch(
-            os=OsSpec(version="1.0", artifact="os-1.0.img"),
+            os=OsSpec(version="1.0", allow_downgrade=True),
             k3s=K3sSpec(version="v1.30", role="agent"),
             config=[
                 ConfigFile(path="/etc/a", content="base"),
@@ -91,7 +91,7 @@ def test_higher_priority_wins_field_by_field_and_override_wins_last(db: Database
     assert row is not None
     assert row["groups"] == ["base", "eu"]
     spec = row["spec"]
-    assert spec["os"] == {"version": "2.0", "artifact": "os-1.0.img"}
+    assert spec["os"] == {"version": "2.0", "allow_downgrade": True, "image": None}
     assert spec["k3s"]["version"] == "v1.30" and spec["k3s"]["role"] == "agent"
     assert [(f["path"], f["content"], f["mode"]) for f in spec["config"]] == [
         ("/etc/a", "eu", 0o600),
