@@ -285,3 +285,8 @@ def common_name(cert: x509.Certificate) -> str | None:
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def validity(cert: x509.Certificate) -> tuple[float, float]:
+    """``(not_before, not_after)`` in Unix seconds."""
+    return cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp()

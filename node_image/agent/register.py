@@ -125,11 +125,15 @@ def register(
     # 5. Keep the certificate and what the server told us.
     state.write(state.cert, answer.certificate.encode())
     state.write(state.ca, answer.ca.encode())
+    validity = identity.validity(identity.cert_from_pem(answer.certificate.encode()))
     state.write_identity(
         {
             "device_id": answer.device_id,
             "name": answer.name,
             "serial": answer.serial,
+            # Unix seconds: renewal timing without parsing the certificate (renew.py).
+            "cert_not_before": validity[0],
+            "cert_not_after": validity[1],
             "server": seed.server,
             "endpoints": answer.endpoints.model_dump(),
             "labels": answer.labels,

@@ -14,8 +14,10 @@ when that moment comes), the agent:
 The server leaves the old certificate valid until it expires, so a crash anywhere in
 between costs nothing: the next start finds the old certificate and renews again.
 
-Waiting costs no imports: the validity dates come from the standard library's decoder.
-``cryptography`` is imported only when a renewal is due (it adds ~9 MB to an agent's RSS).
+Waiting costs no imports: the validity dates are kept in ``identity.json`` (written at
+registration and at each renewal). ``cryptography`` is imported only when a renewal is due,
+or once for a state directory written before the dates were kept (it adds ~9 MB to an
+agent's RSS).
 """
 
 from __future__ import annotations
@@ -23,9 +25,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import ssl
 from dataclasses import dataclass
-from typing import Any
 
 from node_image.agent.state import StateDir
 from node_image.agent.transport import ApiClient, Backoff, MqttChannel
@@ -53,13 +53,17 @@ class Validity:
 
 
 def validity(state: StateDir) -> Validity:
-    """The current certificate's validity (blocking: reads the file)."""
-    # The stdlib's certificate decoder (what getpeercert() uses) spares the idle agent
-    # the cost of importing cryptography.
-    decoded: dict[str, Any] = ssl._ssl._test_decode_cert(str(state.cert))  # type: ignore[attr-defined]  # noqa: SLF001
+    """The current certificate's validity (blocking: reads files)."""
+    data = state.read_identity() or {}
+    before, after = data.get("cert_not_before"), data.get("cert_not_after")
+    if not isinstance(before, int | float) or not isinstance(after, int | float):
+        from registration import identity  # an older state dir: parse once, then keep
+
+        before, after = identity.validity(identity.cert_from_pem(state.cert.read_bytes()))
+        if data:
+            state.write_identity({**data, "cert_not_before": before, "cert_not_after": after})
     return Validity(
-        dt.datetime.fromtimestamp(ssl.cert_time_to_seconds(decoded["notBefore"]), dt.UTC),
-        dt.datetime.fromtimestamp(ssl.cert_time_to_seconds(decoded["notAfter"]), dt.UTC),
+        dt.datetime.fromtimestamp(before, dt.UTC), dt.datetime.fromtimestamp(after, dt.UTC)
     )
 
 
@@ -129,7 +133,10 @@ def _keep(state: StateDir, device_id: str, pem: str, serial: str) -> None:
     state.write(state.cert, pem.encode())
     data = state.read_identity()
     if data is not None:
-        state.write_identity({**data, "serial": serial})
+        before, after = identity.validity(cert)
+        state.write_identity(
+            {**data, "serial": serial, "cert_not_before": before, "cert_not_after": after}
+        )
 
 
 def _now() -> dt.datetime:

@@ -128,12 +128,16 @@ def test_agent_renews_after_two_thirds_and_the_old_certificate_lasts_until_expir
 
 
 def test_waiting_for_renewal_does_not_import_cryptography(tmp_path: Path) -> None:
-    """An idle agent reads its certificate's validity with the standard library: importing
-    cryptography would cost every agent ~9 MB of RSS (bench/agent_idle.py)."""
+    """An idle agent reads its certificate's validity from identity.json (registration wrote
+    it): importing cryptography would cost every agent ~9 MB of RSS (bench/agent_idle.py)."""
     ca = identity.CertificateAuthority.create()
     key = identity.generate_key()
     cert = ca.issue_device("dev-1", key.public_key(), identity.new_serial())
     (tmp_path / "device.pem").write_bytes(identity.cert_to_pem(cert))
+    (tmp_path / "device-key.pem").write_bytes(identity.key_to_pem(key))
+    before, after = identity.validity(cert)
+    dates = {"device_id": "dev-1", "cert_not_before": before, "cert_not_after": after}
+    (tmp_path / "identity.json").write_text(json.dumps(dates))
     script = (
         "import sys; from pathlib import Path\n"
         "import node_image.agent.daemon\n"
@@ -151,3 +155,33 @@ def test_waiting_for_renewal_does_not_import_cryptography(tmp_path: Path) -> Non
         str(cert.not_valid_after_utc.timestamp()),
     ]
     assert out[1] == "[]"
+
+
+def test_renewal_timing_comes_from_identity_and_an_older_state_dir_is_read_once(
+    tmp_path: Path,
+) -> None:
+    """The validity dates are kept in identity.json; a state dir from before that gets them
+    from its certificate once, and keeps them."""
+    import datetime as dt
+
+    from node_image.agent.renew import RENEW_AT, validity
+    from node_image.agent.state import StateDir
+
+    ca = identity.CertificateAuthority.create()
+    key = identity.generate_key()
+    cert = ca.issue_device("dev-old", key.public_key(), 7, dt.timedelta(days=90))
+    state = StateDir(tmp_path / "state", fsync=False)
+    state.ensure()
+    state.write(state.cert, identity.cert_to_pem(cert))
+    state.write(state.key, identity.key_to_pem(key), 0o600)
+    state.write_identity({"device_id": "dev-old", "serial": "7"})
+
+    found = validity(state)
+    assert found.not_after == cert.not_valid_after_utc
+    assert found.renew_at == found.not_before + (found.not_after - found.not_before) * RENEW_AT
+    kept = state.read_identity()
+    assert kept is not None
+    assert kept["cert_not_after"] == cert.not_valid_after_utc.timestamp()
+    # From now on the dates come from identity.json, whatever the file holds.
+    state.write(state.cert, b"not a certificate")
+    assert validity(state) == found
