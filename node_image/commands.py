@@ -24,8 +24,6 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import sh
-
 from node_image.errors import AgentError
 
 log = logging.getLogger(__name__)
@@ -103,6 +101,8 @@ def run(
     secrets = _secret_values(env or {})
     shown = tuple(_mask(a, secrets) for a in argv)
     full_env = {**os.environ, **(env or {})}
+    import sh  # imported on first use: an idle agent does not carry it
+
     try:
         command = sh.Command(argv[0])
     except sh.CommandNotFound as e:

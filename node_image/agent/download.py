@@ -8,15 +8,17 @@ does not know it, against the server's ``Content-Length``/``Content-Range`` befo
 stopped (``Range: bytes=N-``), in the same call or, after a restart of the agent, from the
 ``.part`` file left on disk. Nothing is held in memory beyond one chunk.
 
-The source is any HTTP(S) URL; :meth:`Downloader.open` builds the session from the agent's
-client TLS context (mTLS to the Corral server's artifact mirror). File work runs in threads,
-so a 300 MB download never blocks the event loop.
+The source is any HTTPS URL, fetched with the agent's one HTTPS client
+(:class:`node_image.agent.transport.Https`, on ``http.client``) and the agent's client TLS
+context (mTLS to the Corral server's artifact mirror). Network reads and file work run in
+threads, one chunk at a time, so a 300 MB download never blocks the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import http.client
 import logging
 import os
 import re
@@ -27,9 +29,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+from urllib.parse import urlsplit
 
-import aiohttp
-
+from node_image.agent.transport import ApiError, Https
 from node_image.errors import AgentError
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,10 @@ Progress = Callable[[int, int | None], Awaitable[None]]
 
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)\Z")
 _RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+
+class _Cut(Exception):
+    """The connection ended or failed before the whole file came: resume."""
 
 
 class DownloadError(AgentError):
@@ -119,27 +125,22 @@ class DownloadOptions:
 
 
 class Downloader:
-    """Fetches files over one ``aiohttp`` session (the caller's, or :meth:`open`'s)."""
+    """Fetches files with the agent's HTTPS client and its TLS context."""
 
     def __init__(
-        self, session: aiohttp.ClientSession, options: DownloadOptions = DownloadOptions()
+        self, context: ssl.SSLContext | None = None, options: DownloadOptions = DownloadOptions()
     ) -> None:
-        self._session = session
+        self._context = context if context is not None else ssl.create_default_context()
         self.options = options
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=30, sock_read=options.read_timeout
-        )
 
     @classmethod
     @asynccontextmanager
     async def open(
         cls, context: ssl.SSLContext | None = None, options: DownloadOptions = DownloadOptions()
     ) -> AsyncIterator[Downloader]:
-        """A downloader with its own session; ``context`` is the agent's client TLS context
-        (None: the system's trust store)."""
-        connector = aiohttp.TCPConnector(ssl=context if context is not None else True)
-        async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
-            yield cls(session, options)
+        """A downloader; ``context`` is the agent's client TLS context (None: the system's
+        trust store). Each request has its own connection, closed when it ends."""
+        yield cls(context, options)
 
     async def fetch(
         self,
@@ -196,8 +197,8 @@ class Downloader:
                 total = await self._request(url, part, size, progress)
                 if total is None or part.size >= total:
                     return requests
-                problem = aiohttp.ClientPayloadError(f"response ended at {part.size} of {total}")
-            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as e:
+                problem = _Cut(f"response ended at {part.size} of {total}")
+            except (_Cut, ApiError, OSError, http.client.HTTPException) as e:
                 problem = e
             # A try that brought bytes resets the count: only tries in a row without progress
             # give up.
@@ -217,11 +218,15 @@ class Downloader:
         headers = {"Accept-Encoding": "identity"}
         if offset:
             headers["Range"] = f"bytes={offset}-"
-        async with self._session.get(url, headers=headers, timeout=self._timeout) as resp:
+        parts = urlsplit(url)
+        client = Https(f"https://{parts.netloc}", self._context, self.options.read_timeout)
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        conn, resp = await asyncio.to_thread(client.stream, path, headers)
+        try:
             if resp.status == 416 and offset:
                 return offset  # nothing past what we have: verify it
             if resp.status in _RETRY_STATUS:
-                raise aiohttp.ClientConnectionError(f"HTTP {resp.status}")
+                raise _Cut(f"HTTP {resp.status}")
             if resp.status == 200 and offset:
                 log.info("%s: the server ignored Range; starting again from 0", url)
                 await asyncio.to_thread(part.open, False)
@@ -235,22 +240,14 @@ class Downloader:
                 )
             if size is None and total is not None:
                 await asyncio.to_thread(self._check_space, part.path.parent, total - offset)
-            buffer = bytearray()
-            try:
-                async for chunk in resp.content.iter_chunked(self.options.chunk_size):
-                    buffer += chunk
-                    if len(buffer) >= self.options.chunk_size:
-                        await asyncio.to_thread(part.write, bytes(buffer))
-                        buffer.clear()
-                        if progress is not None:
-                            await progress(part.size, total)
-            finally:
-                # What arrived before a cut is good: keep it for the resume.
-                if buffer:
-                    await asyncio.to_thread(part.write, bytes(buffer))
-            if progress is not None:
-                await progress(part.size, total)
+            while chunk := await asyncio.to_thread(_read_chunk, resp, self.options.chunk_size):
+                # What arrived before a cut is good: it is written, and kept for the resume.
+                await asyncio.to_thread(part.write, chunk)
+                if progress is not None:
+                    await progress(part.size, total)
             return total
+        finally:
+            await asyncio.to_thread(conn.close)
 
     def _check_space(self, directory: Path, needed: int) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -262,15 +259,36 @@ class Downloader:
             )
 
 
-def _total(resp: aiohttp.ClientResponse, offset: int) -> int | None:
+def _read_chunk(resp: http.client.HTTPResponse, size: int) -> bytes:
+    """Up to ``size`` bytes of the body (blocking); b"" at its end. A body cut short raises
+    ``_Cut`` after handing over the bytes that came (the next call returns them)."""
+    buffer = bytearray()
+    while len(buffer) < size:
+        try:
+            data = resp.read1(size - len(buffer))
+        except http.client.IncompleteRead as e:
+            buffer += e.partial
+            break
+        except (OSError, http.client.HTTPException) as e:
+            if buffer:
+                break  # keep what came; the next read fails again and is reported
+            raise _Cut(str(e) or type(e).__name__) from e
+        if not data:
+            break
+        buffer += data
+    return bytes(buffer)
+
+
+def _total(resp: http.client.HTTPResponse, offset: int) -> int | None:
     if resp.status == 206:
-        match = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
+        match = _CONTENT_RANGE.match(resp.getheader("Content-Range", ""))
         if match is None or int(match.group(1)) != offset:
             raise DownloadError(
-                "HttpError", f"bad Content-Range {resp.headers.get('Content-Range')!r}"
+                "HttpError", f"bad Content-Range {resp.getheader('Content-Range')!r}"
             )
         return None if match.group(3) == "*" else int(match.group(3))
-    return resp.content_length
+    length = resp.getheader("Content-Length")
+    return int(length) if length is not None and length.isdigit() else None
 
 
 def _verified_size(path: Path, sha256: str, size: int | None) -> int | None:

@@ -170,6 +170,22 @@ class Https:
             return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, data)
         raise AssertionError("unreachable")
 
+    def stream(
+        self, path: str, headers: dict[str, str]
+    ) -> tuple[http.client.HTTPSConnection, http.client.HTTPResponse]:
+        """``GET path`` on a connection of its own, whose body the caller reads in chunks and
+        then closes (blocking). For downloads: nothing is held in memory. Raises ``ApiError``
+        when no answer comes."""
+        conn = http.client.HTTPSConnection(
+            self._host, self._port, timeout=self._timeout, context=self._context
+        )
+        try:
+            conn.request("GET", self._prefix + path, headers=headers)
+            return conn, conn.getresponse()
+        except (OSError, http.client.HTTPException) as e:
+            conn.close()
+            raise ApiError(f"GET {self.url}{path}: {e}") from e
+
     def reload_certificate(self, cert: Path, key: Path) -> None:
         """Present the certificate in ``cert`` from the next handshake on (blocking): it is
         loaded into the shared TLS context and the kept-alive connection is dropped."""
