@@ -13,9 +13,10 @@ not load it.
 from __future__ import annotations
 
 import base64
+import re
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from registration.document import Count, Document
 
@@ -23,6 +24,8 @@ ArtifactKind = Literal["k3s-install", "k3s-binary", "k3s-images", "os-image", "f
 ARTIFACT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 SIGNATURE_DOMAIN = "corral-artifact-v1"
+_NAME_RE = re.compile(ARTIFACT_NAME_PATTERN)
+_SHA256_RE = re.compile(SHA256_PATTERN)
 
 
 class ArtifactRef(Document):
@@ -31,15 +34,31 @@ class ArtifactRef(Document):
 
     id: str = Field(max_length=64)
     kind: ArtifactKind
-    name: str = Field(pattern=ARTIFACT_NAME_PATTERN)
-    version: str = Field(pattern=ARTIFACT_NAME_PATTERN)
+    # Patterns are checked with Python's re (validators below), not pydantic-core's regex
+    # engine, which costs every agent about a megabyte of RSS; the schema still states them.
+    name: str = Field(max_length=128, json_schema_extra={"pattern": ARTIFACT_NAME_PATTERN})
+    version: str = Field(max_length=128, json_schema_extra={"pattern": ARTIFACT_NAME_PATTERN})
     arch: str | None = Field(default=None, max_length=32)
     #: ``/api/v1/artifacts/<id>/content``
     url: str = Field(max_length=1024)
-    sha256: str = Field(pattern=SHA256_PATTERN)
+    sha256: str = Field(max_length=64, json_schema_extra={"pattern": SHA256_PATTERN})
     size: Count
     #: base64 of the ed25519 signature over :func:`signing_message`.
     signature: str = Field(max_length=128)
+
+    @field_validator("name", "version")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME_RE.fullmatch(v):
+            raise ValueError(f"{v!r} is not a valid artifact name or version")
+        return v
+
+    @field_validator("sha256")
+    @classmethod
+    def _sha256(cls, v: str) -> str:
+        if not _SHA256_RE.fullmatch(v):
+            raise ValueError("sha256 must be 64 lowercase hex characters")
+        return v
 
 
 def signing_message(

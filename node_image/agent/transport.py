@@ -18,6 +18,7 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import aiomqtt
@@ -25,6 +26,9 @@ import paho.mqtt.client as paho
 from pydantic import ValidationError
 
 from node_image.errors import AgentError
+
+if TYPE_CHECKING:
+    from registration.protocol import CertificateRenewResponse
 from registration.desired import (
     Nudge,
     Presence,
@@ -35,7 +39,6 @@ from registration.desired import (
     presence_topic,
     status_topic,
 )
-from registration.protocol import CertificateRenewRequest, CertificateRenewResponse
 
 log = logging.getLogger(__name__)
 
@@ -243,6 +246,9 @@ class ApiClient:
     async def renew_certificate(self, csr: str) -> CertificateRenewResponse:
         """``POST …/certificate``: a new certificate for ``csr``, signed while the current one
         is still valid (mTLS with it)."""
+        # registration's documents: loaded when a renewal is due, not by the idle agent.
+        from registration.protocol import CertificateRenewRequest, CertificateRenewResponse
+
         body = CertificateRenewRequest(csr=csr).model_dump_json().encode()
         headers = {"Content-Type": "application/json"}
         reply = await self._call("POST", "/certificate", body, headers)
