@@ -28,24 +28,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import os  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 
 from bench.procstat import cpu_seconds, rss_kib  # noqa: E402
 from bench.profiling import BIN, start_py_spy, stop_py_spy, top_functions  # noqa: E402
-from bench.report import ROOT, append_row, git_describe, log, today  # noqa: E402
+from bench.report import append_row, git_describe, log, today, verdict  # noqa: E402
 from bench.stack import Stack, file_spec  # noqa: E402
+from tests.server_process import tree_env  # noqa: E402
+from tests.waiting import wait_until  # noqa: E402
 
 TARGET_RSS_MB = 40.0
 TARGET_CPU_PCT = 0.5
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    return env
 
 
 def agent_argv(*args: str) -> list[str]:
@@ -82,23 +77,16 @@ class Measured:
 
 
 def wait_in_sync(stack: Stack, device_id: str, timeout: float = 120) -> dict[str, object]:
-    deadline = time.monotonic() + timeout
-    while True:
+    def in_sync() -> dict[str, object] | None:
         status, shown = stack.api("GET", f"/api/v1/devices/{device_id}")
-        if status == 200 and shown["in_sync"] and shown["online"]:
-            return dict(shown)
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{device_id} not in sync and online: {shown}")
-        time.sleep(0.5)
+        return dict(shown) if status == 200 and shown["in_sync"] and shown["online"] else None
+
+    return wait_until(f"{device_id} in sync and online", in_sync, timeout, interval=0.5)
 
 
 def device_id_of(state_dir: Path, timeout: float = 120) -> str:
-    deadline = time.monotonic() + timeout
     identity = state_dir / "identity.json"
-    while not identity.exists():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"no identity in {state_dir}")
-        time.sleep(0.2)
+    wait_until(f"an identity in {state_dir}", identity.exists, timeout, interval=0.2)
     time.sleep(0.1)
     return str(json.loads(identity.read_text())["device_id"])
 
@@ -132,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run(
             agent_argv("register", "--seed", str(seed), "--state-dir", str(restarted_state)),
             check=True,
-            env=_env(),
+            env=tree_env(),
             capture_output=True,
             timeout=120,
         )
@@ -154,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                         ),
                         stdout=out,
                         stderr=subprocess.STDOUT,
-                        env=_env(),
+                        env=tree_env(),
                     )
                 )
         ids = [device_id_of(restarted_state), device_id_of(first_state)]
@@ -201,7 +189,6 @@ def main(argv: list[str] | None = None) -> int:
     restarted, first, bare = measured
     rss_ok = max(restarted.rss_mb(), first.rss_mb()) <= TARGET_RSS_MB
     cpu_ok = max(restarted.cpu_pct(window), first.cpu_pct(window)) <= TARGET_CPU_PCT
-    verdict = lambda good: "ok" if good else "MISS"  # noqa: E731
     rev = git_describe()
     ratio = restarted.rss_mb() / bare.rss_mb()
     ratio_first = first.rss_mb() / bare.rss_mb()
