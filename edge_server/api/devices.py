@@ -57,18 +57,20 @@ async def label_device(request: web.Request) -> web.Response:
 @routes.delete("/api/v1/devices/{device_id}")
 @operator("operator")
 async def delete_device(request: web.Request) -> web.Response:
-    device_id = request.match_info["device_id"]
-    app = request.app
-    done = await app[NOTIFIER].run(device_ops.delete(app[STORE], current_actor(request), device_id))
-    return json_response(done)
+    return await _revoke(request, device_ops.delete)
 
 
 @routes.post("/api/v1/devices/{device_id}/reset")
 @operator("operator")
 async def reset_device(request: web.Request) -> web.Response:
-    device_id = request.match_info["device_id"]
+    return await _revoke(request, device_ops.reset)
+
+
+async def _revoke(request: web.Request, action: device_ops.Revoke) -> web.Response:
+    """Delete or reset: both revoke the device's certificates (``ops.devices``)."""
     app = request.app
-    done = await app[NOTIFIER].run(device_ops.reset(app[STORE], current_actor(request), device_id))
+    device_id = request.match_info["device_id"]
+    done = await app[NOTIFIER].run(action(app[STORE], current_actor(request), device_id))
     return json_response(done)
 
 

@@ -1,9 +1,9 @@
 """The OpenAPI 3.1 document at ``/api/v1/openapi.json``.
 
 Every schema, request and answer alike, is generated from a pydantic model (``registration``'s
-wire documents and ``api/responses.py``), so the patterns and bounds the server enforces are
-the ones the document states. ``tests/edge_server/test_openapi.py`` checks live answers of a
-real server against it.
+wire documents; the ``ops`` rows and ``api/responses.py``'s own few, all named there), so the
+patterns and bounds the server enforces are the ones the document states.
+``tests/edge_server/test_openapi.py`` checks live answers of a real server against it.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from sqlite_utils import Database
 
@@ -20,9 +22,9 @@ class ApiTokenCreate(Document):
     description: str = Field(default="", max_length=256)
 
 
-class NewApiToken(Row):
+class ApiTokenCreated(Row):
     id: str
-    token: str
+    token: str = Field(description="the full API token; shown this once")
     username: str
 
 
@@ -40,10 +42,10 @@ class ApiTokenList(Row):
 
 class ApiTokenRevoked(Row):
     id: str
-    status: str
+    status: Literal["revoked"]
 
 
-async def create(store: Store, actor: Actor, body: ApiTokenCreate) -> Done[NewApiToken]:
+async def create(store: Store, actor: Actor, body: ApiTokenCreate) -> Done[ApiTokenCreated]:
     token_id, token, secret_hash = passwords.new_api_token()
 
     def write(db: Database) -> None:
@@ -55,7 +57,7 @@ async def create(store: Store, actor: Actor, body: ApiTokenCreate) -> Done[NewAp
 
     await store.write(write)
     return Done(
-        NewApiToken(id=token_id, token=token, username=body.username),
+        ApiTokenCreated(id=token_id, token=token, username=body.username),
         Changes.of(Event("api_token.create", token_id, actor.name)),
     )
 

@@ -6,16 +6,25 @@ Delete and reset revoke the device's certificates: their ``Changes`` name the de
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import Field
 from sqlite_utils import Database
 
 from edge_server import selectors, specs
 from edge_server.errors import NotFound
 from edge_server.ops.changes import Actor, Changes, Done, Event
-from edge_server.ops.rows import Row
+from edge_server.ops.rows import (
+    ConditionJson,
+    FactsJson,
+    LabelChanges,
+    Labels,
+    Row,
+    SpecJson,
+    SpecPatchJson,
+)
 from edge_server.store import Store, connect
 from edge_server.store import devices as devices_store
 from edge_server.store import state as state_store
@@ -32,35 +41,35 @@ class DeviceSummary(Row):
     id: str
     name: str
     group: str
-    labels: dict[str, str]
+    labels: Labels
     agent_version: str
     registered_at: float
     updated_at: float
-    facts: dict[str, Any]
+    facts: FactsJson
     online: bool
     generation: int
     observed_generation: int
-    conditions: list[dict[str, Any]]
+    conditions: list[ConditionJson]
     last_seen: float | None
     groups: list[str]
 
 
 class DevicePage(Row):
     items: list[DeviceSummary]
-    total: int
-    next: str | None
+    total: int = Field(description="devices matching the selector, on every page")
+    next: str | None = Field(description="pass as ?after= for the next page; null on the last")
 
 
 class DeviceRow(Row):
-    """A device's record, without the machine id and the labels' sources."""
+    """A device's inventory record, without the machine id and the labels' sources."""
 
     id: str
     name: str
     dmi_uuid: str | None
     public_key_sha256: str | None
     group: str
-    labels: dict[str, str]
-    facts: dict[str, Any]
+    labels: Labels
+    facts: FactsJson
     agent_version: str
     protocol_version: int
     token_id: str | None
@@ -69,8 +78,8 @@ class DeviceRow(Row):
     reset_at: float | None
 
 
-class CertificateRow(Row):
-    serial: str  # 128-bit serials do not fit a JSON number everywhere
+class Certificate(Row):
+    serial: str = Field(description="decimal; too large for a JSON number")
     issued_at: float
     not_after: float
     revoked_at: float | None
@@ -78,7 +87,7 @@ class CertificateRow(Row):
 
 class Desired(Row):
     generation: int
-    spec: dict[str, Any] | None
+    spec: SpecJson | None
 
 
 class EventCounts(Row):
@@ -89,50 +98,53 @@ class EventCounts(Row):
 
 class Reported(Row):
     observed_generation: int
-    conditions: list[dict[str, Any]]
+    conditions: list[ConditionJson]
     acked_seq: int
     status_at: float | None
     status_events: EventCounts
 
 
 class LabelSources(Row):
-    local: dict[str, str]
-    token: dict[str, str]
-    operator: dict[str, str | None]
+    local: Labels
+    token: Labels
+    operator: LabelChanges
 
 
 class DeviceDetail(DeviceRow):
-    """``corral device show``: the record, its certificates, desired vs reported state."""
+    """One device: inventory, certificates, desired against reported state, presence."""
 
-    certificates: list[CertificateRow]
+    certificates: list[Certificate]
     desired: Desired
     reported: Reported
     groups: list[str]
-    override: dict[str, Any]
+    override: SpecPatchJson
     online: bool
     last_seen: float | None
     in_sync: bool
     label_sources: LabelSources
 
 
-class Identity(Row):
-    """``whoami``: what a device's certificate says it is."""
+class Whoami(Row):
+    """What a device's certificate says it is."""
 
     device_id: str
     serial: str
     name: str
-    labels: dict[str, str]
+    labels: Labels
 
 
 class OverrideSet(Row):
     device_id: str
     generation: int
-    override: dict[str, Any]
+    override: SpecPatchJson
 
 
-class Revoked(Row):
+Action = Literal["delete", "reset"]
+
+
+class DeviceAction(Row):
     id: str
-    status: str  # "delete" | "reset"
+    status: Action
 
 
 def _record(row: dict[str, Any]) -> dict[str, Any]:
@@ -168,7 +180,7 @@ async def show(store: Store, device_id: str) -> DeviceDetail:
         if row is None:
             return None
         certificates = [
-            CertificateRow.model_validate({**c, "serial": str(c["serial"])})
+            Certificate.model_validate({**c, "serial": str(c["serial"])})
             for c in devices_store.certificates_of(db, device_id)
         ]
         state = state_store.get(db, device_id) or {}
@@ -205,11 +217,11 @@ async def show(store: Store, device_id: str) -> DeviceDetail:
     return detail
 
 
-async def identity(store: Store, device_id: str, serial: int) -> Identity:
+async def identity(store: Store, device_id: str, serial: int) -> Whoami:
     row = await store.read(lambda db: devices_store.get(db, device_id))
     if row is None:
         raise NotFound(f"no device {device_id}")
-    return Identity(device_id=device_id, serial=str(serial), name=row["name"], labels=row["labels"])
+    return Whoami(device_id=device_id, serial=str(serial), name=row["name"], labels=row["labels"])
 
 
 async def spec_document(store: Store, device_id: str) -> SpecDocument:
@@ -275,12 +287,15 @@ async def override(
     return Done(result, Changes.of(Event("device.override", device_id, actor.name), nudges=nudges))
 
 
-async def delete(store: Store, actor: Actor, device_id: str) -> Done[Revoked]:
+Revoke = Callable[[Store, Actor, str], Awaitable[Done[DeviceAction]]]  # delete, reset
+
+
+async def delete(store: Store, actor: Actor, device_id: str) -> Done[DeviceAction]:
     """Forget the device and revoke its certificates."""
     return await _revoke(store, actor, device_id, "delete", devices_store.delete)
 
 
-async def reset(store: Store, actor: Actor, device_id: str) -> Done[Revoked]:
+async def reset(store: Store, actor: Actor, device_id: str) -> Done[DeviceAction]:
     """Revoke the device's certificates and forget its key: the same machine may register
     again with a new one and keeps its record."""
     return await _revoke(store, actor, device_id, "reset", devices_store.reset)
@@ -290,9 +305,9 @@ async def _revoke(
     store: Store,
     actor: Actor,
     device_id: str,
-    action: str,
+    action: Action,
     verb: Callable[[Database, str], bool],
-) -> Done[Revoked]:
+) -> Done[DeviceAction]:
     def write(db: Database) -> None:
         if not verb(db, device_id):
             raise NotFound(f"no device {device_id}")
@@ -300,6 +315,6 @@ async def _revoke(
 
     await store.write(write)
     return Done(
-        Revoked(id=device_id, status=action),
+        DeviceAction(id=device_id, status=action),
         Changes.of(Event(f"device.{action}", device_id, actor.name), revoked=[device_id]),
     )

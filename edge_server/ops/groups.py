@@ -4,7 +4,7 @@ of the whole fleet in the same writer job, and nudges the devices whose generati
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import Field
 from sqlite_utils import Database
@@ -12,7 +12,7 @@ from sqlite_utils import Database
 from edge_server import selectors, specs
 from edge_server.errors import Conflict, NotFound
 from edge_server.ops.changes import Actor, Changes, Done, Event
-from edge_server.ops.rows import Row
+from edge_server.ops.rows import Row, SpecPatchJson
 from edge_server.store import Store
 from edge_server.store import groups as groups_store
 from edge_server.store.rows import audit
@@ -41,7 +41,7 @@ class GroupRow(Row):
     name: str
     selector: str
     priority: int
-    spec: dict[str, Any]
+    spec: SpecPatchJson
     created_at: float
     updated_at: float
 
@@ -51,12 +51,12 @@ class GroupList(Row):
 
 
 class GroupChanged(GroupRow):
-    devices_changed: int
+    devices_changed: int = Field(description="devices whose generation rose")
 
 
 class GroupDeleted(Row):
     name: str
-    status: str
+    status: Literal["deleted"]
     devices_changed: int
 
 

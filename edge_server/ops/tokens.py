@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from pydantic import Field
 from sqlite_utils import Database
 
 from edge_server.errors import NotFound
@@ -17,9 +18,11 @@ from registration.protocol import TokenCreate
 
 
 class TokenRow(Row):
+    """A registration token, never its secret."""
+
     id: str
     group_name: str
-    labels: dict[str, str]
+    labels: dict[str, str] = Field(description="label templates, rendered at registration")
     name_template: str
     description: str
     max_uses: int | None
@@ -30,8 +33,8 @@ class TokenRow(Row):
     created_by: str
 
 
-class NewToken(TokenRow):
-    token: str  # the only time the secret is shown
+class TokenCreated(TokenRow):
+    token: str = Field(description="the full token; shown this once")
 
 
 class TokenList(Row):
@@ -40,14 +43,14 @@ class TokenList(Row):
 
 async def create(
     store: Store, actor: Actor, body: TokenCreate, ca_fingerprint: str
-) -> Done[NewToken]:
+) -> Done[TokenCreated]:
     templating.validate(body.name_template)
     for template in body.labels.values():
         templating.validate(template)
     token = tokens.generate(ca_fingerprint)
     expires_at = time.time() + body.ttl_seconds if body.ttl_seconds is not None else None
 
-    def write(db: Database) -> NewToken:
+    def write(db: Database) -> TokenCreated:
         tokens_store.create(
             db,
             token_id=token.token_id,
@@ -61,7 +64,7 @@ async def create(
             created_by=actor.name,
         )
         audit(db, actor.name, "token.create", token.token_id, group=body.group)
-        return NewToken.model_validate({**_get(db, token.token_id), "token": str(token)})
+        return TokenCreated.model_validate({**_get(db, token.token_id), "token": str(token)})
 
     row = await store.write(write)
     return Done(row, Changes.of(Event("token.create", row.id, actor.name)))
