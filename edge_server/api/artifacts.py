@@ -90,8 +90,10 @@ async def import_artifact(request: web.Request) -> web.Response:
     try:
         await _receive(request, upload)
         received = await asyncio.to_thread(upload.finish, meta.sha256)
-    except BaseException:
+    except BaseException as e:
         await asyncio.to_thread(upload.discard)
+        if isinstance(e, BadRequest):
+            log.warning("refused the import of %s %s %s: %s", meta.kind, meta.name, meta.version, e)
         raise
     row = await app[NOTIFIER].run(
         artifact_ops.import_(
