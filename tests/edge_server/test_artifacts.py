@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from node_image.agent.download import Downloader, DownloadOptions
+from node_image.agent.state import StateDir
 from registration.artifacts import ArtifactRef, verify_ref
 from tests.support import BIN, Server, import_artifact, set_group
 from tests.waiting import wait_until
@@ -95,9 +96,11 @@ def test_update_signing_key_is_ed25519_apart_from_the_ca_and_pinned_by_the_devic
     assert isinstance(key, Ed25519PrivateKey)
     assert pem != (server.data_dir / "pki" / "ca-key.pem").read_bytes()
 
+    assert StateDir(tmp_path / "dev-state").update_signing_key() is None  # before
     dev = register_agent(server, tmp_path)
     raw = key.public_key().public_bytes_raw()
     assert base64.b64decode(dev.pinned_key()) == raw
+    assert StateDir(dev.state).update_signing_key() == dev.pinned_key()
     # Registering again keeps it.
     seed = tmp_path / "dev-seed.json"
     rerun = subprocess.run(
