@@ -7,9 +7,9 @@ specs, reconciles, and reports). Topics of the MQTT channel live here too.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from registration.artifacts import ArtifactRef
 from registration.document import Count, Document
@@ -89,13 +89,39 @@ class Bundle(Document):
     content: str = Field(default="", max_length=MAX_CONFIG_BYTES)
 
 
+#: Fields the server fills when it computes a spec (artifacts from the mirror, the cluster's
+#: join URL and token): a group or an override setting one is refused.
+SERVER_RESOLVED: dict[str, tuple[str, ...]] = {
+    "os": ("image",),
+    "k3s": ("server_url", "token", "install_script", "binary", "images"),
+}
+
+
 class SpecPatch(Document):
-    """What a group or a per-device override sets. ``None`` means: this layer says nothing."""
+    """What a group or a per-device override sets. ``None`` means: this layer says nothing.
+    The fields in :data:`SERVER_RESOLVED` are the server's: a patch may not set them."""
 
     os: OsSpec | None = None
     k3s: K3sSpec | None = None
     bundles: list[Bundle] | None = None
     config: list[ConfigFile] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_server_resolved_fields(cls, data: Any) -> Any:
+        """Checked before the fields are, so the answer names the rule, not a shape error."""
+        if not isinstance(data, dict):
+            return data
+        for section, names in SERVER_RESOLVED.items():
+            part = data.get(section)
+            for name in names:
+                value = part.get(name) if isinstance(part, dict) else getattr(part, name, None)
+                if value is not None:
+                    raise ValueError(
+                        f"{section}.{name} is filled by the server (from the artifact mirror "
+                        f"or the cluster); set {section}.version instead"
+                    )
+        return data
 
 
 class Spec(Document):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from edge_server.channel import ChannelStats
 from edge_server.ops.api_tokens import (
@@ -20,6 +20,12 @@ from edge_server.ops.api_tokens import (
     ApiTokenList,
     ApiTokenRevoked,
     ApiTokenRow,
+)
+from edge_server.ops.artifacts import (
+    ArtifactDeleted,
+    ArtifactImported,
+    ArtifactList,
+    ArtifactRow,
 )
 from edge_server.ops.devices import (
     Certificate,
@@ -40,6 +46,11 @@ __all__ = [
     "ApiTokenList",
     "ApiTokenRevoked",
     "ApiTokenRow",
+    "ArtifactDeleted",
+    "ArtifactImported",
+    "ArtifactList",
+    "ArtifactRow",
+    "ArtifactsServed",
     "Certificate",
     "DeviceAction",
     "DeviceDetail",
@@ -74,5 +85,15 @@ class Health(Answer):
     detail: str | None = None
 
 
+class ArtifactsServed(Answer):
+    """What the artifact content endpoint wrote to clients since the server started."""
+
+    requests: int
+    range_requests: int
+    completed: int
+    bytes_served: int = Field(description="bytes actually written, cut downloads included")
+
+
 class Stats(Answer):
     channel: ChannelStats
+    artifacts: ArtifactsServed

@@ -73,15 +73,19 @@ def test_agent_drops_a_session_that_stopped_delivering_and_gets_the_nudge(
                 stderr=subprocess.STDOUT,
             )
 
-        def reported(generation: int | None = None) -> Any:
+        def state() -> Any:
             devices = server.devices()
-            if len(devices) != 1:
-                return f"{len(devices)} devices"
-            d = devices[0]
-            want = d["generation"] if generation is None else generation
-            return True if d["online"] and d["observed_generation"] == want else d
+            return devices[0] if len(devices) == 1 else f"{len(devices)} devices"
 
-        wait_until("first convergence, online", reported, 120)
+        def reported(generation: int | None = None) -> bool:
+            """Online and reporting ``generation`` (the latest when None)."""
+            d = state()
+            if isinstance(d, str):
+                return False
+            want = d["generation"] if generation is None else generation
+            return bool(d["online"] and d["observed_generation"] == want)
+
+        wait_until("first convergence, online", reported, 120, detail=state)
         time.sleep(3)  # the status acknowledgement has travelled
 
         blackout(agent, "add")
@@ -89,12 +93,18 @@ def test_agent_drops_a_session_that_stopped_delivering_and_gets_the_nudge(
         time.sleep(1)
         server.corral("group", "set", "fleet", "--file", "/etc/fleet.conf=v2")
         latest = server.devices()[0]["generation"]
+        assert latest == 2, "the change gave the device a new generation"
         time.sleep(max(0.0, cut + BLACKOUT - time.monotonic()))
-        assert reported(latest) is not True, "converged through a blackout"
+        assert not reported(latest), "converged through a blackout"
         blackout(agent, "delete")
         back = time.monotonic()
 
-        wait_until(f"generation {latest} reported", lambda: reported(latest), AFTER_RETURN)
+        wait_until(
+            f"generation {latest} reported",
+            lambda: reported(latest),
+            AFTER_RETURN,
+            detail=state,
+        )
         took = time.monotonic() - back
         assert took < AFTER_RETURN
         conf = root / "host" / "rootfs" / "etc" / "fleet.conf"
