@@ -143,7 +143,9 @@ class Machine:
         if choice.save:
             pairs = [f"{k}={v}" for k, v in choice.save.items()]
             sh("grub-editenv", str(self.layout.grubenv), "set", *pairs)
-        (self.kernel_dir / "cmdline").write_text(f"root=/dev/corral {boot.CMDLINE_KEY}={choice.slot}\n")
+        (self.kernel_dir / "cmdline").write_text(
+            f"root=/dev/corral {boot.CMDLINE_KEY}={choice.slot}\n"
+        )
         (self.kernel_dir / "boot_id").write_text(str(uuid.uuid4()) + "\n")
         return choice.slot
 

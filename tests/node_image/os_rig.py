@@ -26,7 +26,7 @@ from registration.artifacts import ArtifactRef
 from tests.node_image.gpt_disk import Disk, Machine, gpt_disk, sh, squashfs
 from tests.support import REPO, free_port
 
-HEALTHY = '#!/bin/sh\ntest "$CORRAL_OS_VERSION" = 2.0 && test "$CORRAL_OS_SLOT" = B\n'
+HEALTHY = '#!/bin/sh\ntest -n "$CORRAL_OS_VERSION" && test "$CORRAL_OS_SLOT" = B\n'
 FAILING = "#!/bin/sh\necho 'kiosk.service did not start' >&2\nexit 1\n"
 
 
@@ -60,7 +60,9 @@ class Rig:
                 serialization.PrivateFormat.PKCS8,
                 serialization.NoEncryption(),
             )
-            ref = ref.model_copy(update={"signature": artifacts.sign(pem, artifacts.ref_message(ref))})
+            ref = ref.model_copy(
+                update={"signature": artifacts.sign(pem, artifacts.ref_message(ref))}
+            )
         return ref
 
     def spec(self, ref: ArtifactRef | None, version: str, **os_fields: Any) -> Path:

@@ -68,8 +68,6 @@ TRIES = 3
 HEALTH_CHECK = "/etc/corral/health-check"
 #: On the running root: the version of the OS the device was installed with.
 OS_VERSION_FILE = "/etc/corral/os-version"
-#: Where the pinned update-signing key is kept (base64 of the raw ed25519 public key).
-SIGNING_KEY_FILE = "update-signing.pub"
 
 UPDATE_STEPS = ("download", "write", "verify", "arm", "reboot")
 BOOT_STEPS = ("health-check", "mark-good", "report")
@@ -144,13 +142,14 @@ class OsUpdateReconciler:
         ref = want.image
         if ref is None:
             return self._condition("Pending", "NoImage", f"no image for {want.version} yet")
+        try:
+            await asyncio.to_thread(self.check, ref, want.version, st, bool(want.allow_downgrade))
+        except Refused as e:  # checked anew each pass: the spec or the pinned key may change
+            log.warning("os: refused %s: %s", ref.version, e)
+            return self._condition("Refused", e.reason, str(e))
         if st.failed.get("sha256") == ref.sha256:  # this image failed before: not again
             status = cast(ConditionStatus, st.failed["status"])
             return self._condition(status, st.failed["reason"], st.failed["message"])
-        try:
-            await asyncio.to_thread(self.check, ref, want.version, st, bool(want.allow_downgrade))
-        except Refused as e:
-            return await self._refuse(st, ref.sha256, ref.version, e)
         booted = await asyncio.to_thread(ctx.host.active_slot)
         st.pending = Pending(
             ref.version, ref.sha256, ref.size, boot.other_slot(booted), booted, UPDATE_STEPS[0]
@@ -208,7 +207,7 @@ class OsUpdateReconciler:
             return await self._rollback(st, p, ctx, booted)
         except Refused as e:  # the download was not the signed image
             await asyncio.to_thread(self._disarm, host, p.from_slot)
-            return await self._refuse(st, p.sha256, p.version, e)
+            return await self._refuse(st, p, e)
         except DownloadError as e:
             return self._condition("Error", e.reason, str(e))
         except (AgentError, OSError) as e:
@@ -392,11 +391,12 @@ class OsUpdateReconciler:
                 "(set allow_downgrade to install it)",
             )
 
-    async def _refuse(self, st: OsState, sha256: str, version: str, e: Refused) -> Condition:
-        st.failed = {"sha256": sha256, "status": "Refused", "reason": e.reason, "message": str(e)}
+    async def _refuse(self, st: OsState, p: Pending, e: Refused) -> Condition:
+        """The downloaded bytes are not the signed image: never try this image again."""
+        st.failed = {"sha256": p.sha256, "status": "Refused", "reason": e.reason, "message": str(e)}
         st.pending = None
         await asyncio.to_thread(self.save, st)
-        log.warning("os: refused %s: %s", version, e)
+        log.warning("os: refused %s: %s", p.version, e)
         return self._condition("Refused", e.reason, str(e))
 
     async def _step(self, st: OsState, p: Pending, step: str) -> None:
@@ -430,12 +430,12 @@ class OsUpdateReconciler:
         return urljoin(api + "/", ref.url) if api is not None else ref.url
 
     def _signing_key(self) -> str:
-        try:
-            return (self._state.root / SIGNING_KEY_FILE).read_text().strip()
-        except FileNotFoundError as e:
+        key = self._state.update_signing_key()
+        if key is None:
             raise Refused(
                 "NoSigningKey", "no update-signing key was pinned at registration; register again"
-            ) from e
+            )
+        return key
 
     def load(self, host: Host) -> OsState:
         data = read_json(self._path)
