@@ -29,20 +29,12 @@ pytestmark = pytest.mark.timeout(240)
 
 
 def import_image(server: Server, image: Path, version: str) -> dict[str, Any]:
-    """``corral artifact import`` when the CLI has it, else the API it calls."""
-    with image.open("rb") as f:
-        response = server.request(
-            "POST",
-            "/api/v1/artifacts",
-            params={"kind": "os-image", "name": "corral-os", "version": version},
-            data=f,
-            headers={
-                "Authorization": f"Bearer {server.admin_token}",
-                "Content-Length": str(image.stat().st_size),
-            },
-        )
-    assert response.status_code == 201, response.text
-    data: dict[str, Any] = response.json()
+    """``corral artifact import --kind os-image``: the mirror stores, hashes and signs it."""
+    imported = server.corral(
+        "artifact", "import", "-o", "json", "--kind", "os-image", "--name", "corral-os",
+        "--version", version, str(image),
+    )  # fmt: skip
+    data: dict[str, Any] = json.loads(imported.stdout)
     return data
 
 
