@@ -5,9 +5,12 @@ HTTP on 127.0.0.1. Each reboot the agent asks for is followed by :meth:`Machine.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -124,8 +127,6 @@ class Rig:
 
 
 def artifacts_sha(data: bytes) -> str:
-    import hashlib
-
     return hashlib.sha256(data).hexdigest()
 
 
@@ -149,8 +150,6 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
         raw = key.public_key().public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw
         )
-        import base64
-
         (state / "update-signing.pub").write_text(base64.b64encode(raw).decode() + "\n")
         (images / v1.name).write_bytes(v1.read_bytes())
         port = free_port()
@@ -168,8 +167,6 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
 
 
 def _wait_listening(port: int) -> None:
-    import socket
-
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         with socket.socket() as s:

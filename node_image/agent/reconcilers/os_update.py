@@ -40,7 +40,7 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import cast
@@ -114,6 +114,10 @@ class OsState:
     failed: dict[str, str] = field(default_factory=dict)
 
 
+_UpdateStep = Callable[[OsState, Pending, ArtifactRef, ReconcileContext], Awaitable[None]]
+_BootStep = Callable[[OsState, Pending, Spec, ReconcileContext], Awaitable[None]]
+
+
 class Refused(AgentError):
     def __init__(self, reason: str, message: str) -> None:
         self.reason = reason
@@ -127,6 +131,20 @@ class OsUpdateReconciler:
         self._state = state
         self._path = state.reconciler(NAME)
         self.health = health or HealthSettings()
+        self._update_steps: dict[str, _UpdateStep] = {
+            "download": self._download,
+            "write": self._write,
+            "verify": self._verify,
+            "arm": self._arm,
+            "reboot": self._reboot,
+        }
+        self._boot_steps: dict[str, _BootStep] = {
+            "health-check": self._health_check,
+            "mark-good": self._mark_good,
+            "report": self._report,
+        }
+        assert tuple(self._update_steps) == UPDATE_STEPS  # noqa: S101 - one list of steps
+        assert tuple(self._boot_steps) == BOOT_STEPS  # noqa: S101
 
     # --- the procedure ----------------------------------------------------------------
 
@@ -191,12 +209,12 @@ class OsUpdateReconciler:
                 assert ref is not None  # noqa: S101 - checked just above
                 for step in UPDATE_STEPS[UPDATE_STEPS.index(p.step) :]:
                     await self._step(st, p, step)
-                    await getattr(self, "_" + step.replace("-", "_"))(st, p, ref, ctx)
+                    await self._update_steps[step](st, p, ref, ctx)
                     self._advance(p, UPDATE_STEPS)
                     await asyncio.to_thread(self.save, st)
             for step in BOOT_STEPS[BOOT_STEPS.index(p.step) :]:
                 await self._step(st, p, step)
-                await getattr(self, "_" + step.replace("-", "_"))(st, p, spec, ctx)
+                await self._boot_steps[step](st, p, spec, ctx)
                 if st.pending is None:
                     break
                 self._advance(p, BOOT_STEPS)
@@ -212,6 +230,7 @@ class OsUpdateReconciler:
             return self._condition("Error", e.reason, str(e))
         except (AgentError, OSError) as e:
             log.warning("os: update to %s failed at %s: %s", p.version, p.step, e)
+            await asyncio.to_thread(self.save, st)  # the step to retry (verify → write)
             return self._condition("Error", "UpdateFailed", f"{p.step}: {e}")
         return self._healthy(st)
 
