@@ -6,11 +6,18 @@ agent started again. The power-loss test kills the agent with SIGKILL at every s
 
 from __future__ import annotations
 
+import asyncio
+import os
 from pathlib import Path
 
 import pytest
 
-from node_image.agent.reconcilers.os_update import CRASH_POINTS
+from node_image.agent.context import ReconcileContext
+from node_image.agent.reconcilers.os_update import CRASH_POINTS, HealthSettings, OsUpdateReconciler
+from node_image.agent.state import StateDir
+from node_image.boot import RebootRequested
+from node_image.host import LinuxHost
+from registration.desired import Condition, Spec
 from tests.node_image.gpt_disk import sha256, squashfs
 from tests.node_image.os_rig import FAILING, HEALTHY, Rig, rig
 
@@ -95,3 +102,45 @@ def test_power_loss_at_every_step_leaves_a_bootable_slot_and_the_update_finishes
             assert os_condition["status"] == "RolledBack", r.runs
             assert (r.machine.booted(), _grubenv(r)) == ("A", {"corral_slot": "A"})
         r.assert_bootable()
+
+
+async def _update_in_process(r: Rig, spec: Spec, health: HealthSettings) -> Condition:
+    """The reconciler in this process on LinuxHost; each reboot is a power-on of the rig."""
+    state = StateDir(r.state)
+    reconciler = OsUpdateReconciler(state, health)
+    for _ in range(6):
+        host = LinuxHost(r.disk.layout, r.machine.kernel)
+        ctx = ReconcileContext("os", host, state)
+        try:
+            return await reconciler.reconcile(spec, ctx)
+        except RebootRequested:
+            await asyncio.to_thread(r.machine.power_on)
+    raise AssertionError("the update did not settle")
+
+
+@pytest.mark.parametrize(("node", "outcome"), [("Ready", "Healthy"), ("NotReady", "RolledBack")])
+async def test_when_k3s_is_wanted_its_node_must_be_ready_after_the_update(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, node: str, outcome: str
+) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    k3s = bin_dir / "k3s"  # a stand-in: what `k3s kubectl get nodes --no-headers` prints
+    k3s.write_text(
+        f'#!/bin/sh\necho "edge-1   {node}   control-plane,master   5m   v1.31.4+k3s1"\n'
+    )
+    k3s.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    with rig(tmp_path) as r:
+        image = await asyncio.to_thread(_image, r, "2.0", HEALTHY)
+        spec = Spec.model_validate(
+            {
+                "os": {"version": "2.0", "image": r.ref(image, "2.0")},
+                "k3s": {"version": "v1.31.4+k3s1"},
+            }
+        )
+        health = HealthSettings(k3s_timeout=1.0, poll=0.2)
+        condition = await _update_in_process(r, spec, health)
+        assert condition.status == outcome
+        if outcome == "RolledBack":
+            assert "the K3s node is not Ready: edge-1   NotReady" in condition.message
+        assert r.machine.booted() == ("B" if outcome == "Healthy" else "A")
