@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from node_image.agent.download import Downloader, DownloadOptions
 from registration.artifacts import ArtifactRef, verify_ref
-from tests.support import BIN, Server, set_group
+from tests.support import BIN, Server, import_artifact, set_group
 from tests.waiting import wait_until
 
 
@@ -166,8 +166,8 @@ def test_identical_bytes_share_one_file_which_goes_with_the_last_artifact(
 ) -> None:
     data = b"same bytes" * 1000
     sha = hashlib.sha256(data).hexdigest()
-    a = import_api(server, data, kind="file", name="a", version="1").json()
-    b = import_api(server, data, kind="file", name="b", version="1").json()
+    a = import_artifact(server, data, "file", "a", "1")
+    b = import_artifact(server, data, "file", "b", "1")
     assert stored(server) == ([sha], 2)
     assert server.api("DELETE", f"/api/v1/artifacts/{a['id']}").status_code == 200
     assert stored(server) == ([sha], 1)
@@ -445,7 +445,7 @@ def test_a_revoked_device_is_refused_and_other_devices_may_download(
     server: Server, tmp_path: Path
 ) -> None:
     data = b"firmware" * 1000
-    art = import_api(server, data, kind="file", name="fw", version="1").json()
+    art = import_artifact(server, data, "file", "fw", "1")
     path = f"/api/v1/artifacts/{art['id']}/content"
     a = register_agent(server, tmp_path, "a")
     b = register_agent(server, tmp_path, "b")
