@@ -144,3 +144,17 @@ async def test_when_k3s_is_wanted_its_node_must_be_ready_after_the_update(
         if outcome == "RolledBack":
             assert "the K3s node is not Ready: edge-1   NotReady" in condition.message
         assert r.machine.booted() == ("B" if outcome == "Healthy" else "A")
+
+
+def test_a_spec_that_moves_on_before_the_reboot_drops_the_update_and_keeps_a(
+    tmp_path: Path,
+) -> None:
+    with rig(tmp_path) as r:
+        image = _image(r, "2.0", HEALTHY)
+        code, _ = r.agent(r.spec(r.ref(image, "2.0"), "2.0"), crash_at="os:reboot")
+        assert code == -9 and _grubenv(r)["corral_next"] == "B"  # armed, then the power went
+        # Before the agent is back, the operator takes the update away.
+        code, answer = r.agent(r.spec(None, "1.0"))
+        assert code == 0 and answer["conditions"][1]["reason"] == "NoImage"
+        assert _grubenv(r) == {"corral_slot": "A"}
+        assert r.machine.power_on() == "A"
