@@ -31,7 +31,7 @@ from node_image import blockwrite, boot, commands, grubenv
 from node_image.agent.state import read_json
 from node_image.blockwrite import SlotWrite
 from node_image.boot import BootLayout, RebootRequested
-from node_image.commands import CommandResult
+from node_image.commands import CommandFailed, CommandResult
 from node_image.errors import AgentError
 from registration.atomic import atomic_write
 
@@ -120,6 +120,11 @@ class Host(Protocol):
         """The sha256 of the first ``size`` bytes of ``slot``, read back from the disk."""
         ...
 
+    def read_slot_file(self, slot: str, path: str) -> bytes | None:
+        """The file at absolute ``path`` inside the root filesystem (squashfs) written to
+        ``slot``, or None when the image has no such file."""
+        ...
+
 
 def _device_path(path: str) -> PurePosixPath:
     pure = PurePosixPath(path)
@@ -191,12 +196,37 @@ class _FileHost:
     def read_slot_sha256(self, slot: str, size: int) -> str:
         return blockwrite.read_back(self.layout.slot(slot), size)
 
+    def read_slot_file(self, slot: str, path: str) -> bytes | None:
+        inside = str(_device_path(path)).lstrip("/")
+        image = str(self.layout.slot(slot))
+        try:
+            return self.run(["unsquashfs", "-cat", image, inside], timeout=60).stdout
+        except CommandFailed as e:
+            if "no matches" in e.stderr_tail:
+                return None
+            raise
+
 
 #: Where a real device keeps its grubenv and slots unless told otherwise (the state
 #: partition, ext4: GRUB can write its environment there).
 DEFAULT_BOOT = Path("/boot/corral")
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 CMDLINE = Path("/proc/cmdline")
+REBOOT = ("systemctl", "reboot")
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """Where the running kernel says how it booted, and how to reboot it.
+
+    The defaults are the real ones. Tests that simulate a boot (the GRUB decision applied
+    by :func:`node_image.boot.choose_slot`) point them at files they write themselves and
+    at a reboot command that does nothing, so ``LinuxHost`` itself is what they run.
+    """
+
+    cmdline: Path = CMDLINE
+    boot_id: Path = BOOT_ID
+    reboot: tuple[str, ...] = REBOOT
 
 
 class LinuxHost(_FileHost):
@@ -206,8 +236,9 @@ class LinuxHost(_FileHost):
     grubenv is edited with ``grub-editenv`` (package ``grub-common``).
     """
 
-    def __init__(self, layout: BootLayout | None = None) -> None:
+    def __init__(self, layout: BootLayout | None = None, kernel: Kernel | None = None) -> None:
         super().__init__(Path("/"), durable=True, layout=layout or BootLayout.under(DEFAULT_BOOT))
+        self.kernel = kernel or Kernel()
 
     def collect_facts(self) -> Facts:
         from registration import facts  # pyudev is needed only to register
@@ -216,15 +247,15 @@ class LinuxHost(_FileHost):
 
     def reboot(self) -> NoReturn:
         log.warning("rebooting")
-        self.run(["systemctl", "reboot"], timeout=60)
+        self.run(self.kernel.reboot, timeout=60)
         raise RebootRequested(None)
 
     def boot_id(self) -> str:
-        return BOOT_ID.read_text().strip()
+        return self.kernel.boot_id.read_text().strip()
 
     def active_slot(self) -> str:
         """From the kernel command line (``corral.slot=``), else GRUB's good slot, else A."""
-        booted = boot.slot_from_cmdline(CMDLINE.read_text())
+        booted = boot.slot_from_cmdline(self.kernel.cmdline.read_text())
         if booted is not None:
             return booted
         good = self.read_grubenv().get(boot.GOOD, "")

@@ -142,7 +142,19 @@ class SpecDocument(Document):
     acked_seq: Count = 0
 
 
-ConditionStatus = Literal["Applied", "Pending", "Progressing", "Error", "Ready", "Unknown"]
+ConditionStatus = Literal[
+    "Applied",
+    "Pending",
+    "Progressing",
+    "Error",
+    "Ready",
+    "Unknown",
+    # The os reconciler: the new version runs and passed its health check; it failed and
+    # the old slot runs again; the image was refused (unsigned, tampered, older).
+    "Healthy",
+    "RolledBack",
+    "Refused",
+]
 
 
 class Condition(Document):

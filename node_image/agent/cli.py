@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import shlex
 import signal
 import sys
 import time
@@ -16,11 +17,23 @@ from types import FrameType
 
 from node_image.agent import daemon
 from node_image.agent import seed as seed_mod
+from node_image.agent.context import ReconcileContext, run_reconcile
+from node_image.agent.reconcilers import build
 from node_image.agent.state import CorruptStateFile, StateDir
 from node_image.agent.transport import Backoff
-from node_image.boot import RebootRequested
+from node_image.boot import BootLayout, RebootRequested
 from node_image.errors import AgentError
-from node_image.host import Host, LinuxHost, SimulatedHost
+from node_image.host import (
+    BOOT_ID,
+    CMDLINE,
+    DEFAULT_BOOT,
+    REBOOT,
+    Host,
+    Kernel,
+    LinuxHost,
+    SimulatedHost,
+)
+from registration.desired import Condition, Spec
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +127,46 @@ def register_first(seed: seed_mod.Seed, state: StateDir, host: Host) -> bool:
             signal.signal(signum, handler)
 
 
+def make_host(args: argparse.Namespace) -> Host:
+    """The machine to manage: a simulated one in a directory, or this one."""
+    if args.simulated:
+        return SimulatedHost(Path(args.simulated))
+    kernel = Kernel(
+        cmdline=Path(args.kernel_cmdline),
+        boot_id=Path(args.boot_id_file),
+        reboot=tuple(shlex.split(args.reboot_command)),
+    )
+    return LinuxHost(BootLayout.under(Path(args.boot_dir)), kernel)
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    """One pass of every reconciler over a spec file, without a server; prints the
+    conditions as JSON, or ``{"rebooting": true}`` when a reconciler rebooted the host."""
+    host = make_host(args)
+    state = StateDir(Path(args.state_dir), fsync=host.durable)
+    state.ensure()
+    spec = Spec.model_validate_json(Path(args.spec).read_bytes())
+
+    async def once() -> list[Condition]:
+        found = []
+        for reconciler in build(state):
+            ctx = ReconcileContext(reconciler.name, host, state)
+            found.append(await run_reconcile(reconciler, spec, ctx))
+        return found
+
+    try:
+        conditions = asyncio.run(once())
+    except RebootRequested as e:
+        log.warning("%s", e)
+        sys.stdout.write(json.dumps({"rebooting": True, "slot": e.slot}) + "\n")
+        return 0
+    found = [c.model_dump(mode="json") for c in conditions]
+    sys.stdout.write(json.dumps({"conditions": found}) + "\n")
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    host: Host = SimulatedHost(Path(args.simulated)) if args.simulated else LinuxHost()
+    host = make_host(args)
     state = StateDir(Path(args.state_dir))
     seed = load_seed_for_run(args.seed, state)
     if seed is not None:
@@ -172,8 +223,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between spec pulls while MQTT is down (default %(default)s)",
     )
     run.add_argument("--no-mqtt", action="store_true", help="poll over HTTPS only")
+    add_machine_flags(run)
     run.set_defaults(func=cmd_run)
+    once = sub.add_parser(
+        "reconcile", help="apply a spec file once, without a server, and print the conditions"
+    )
+    once.add_argument("--spec", required=True, help="the spec, as JSON")
+    once.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
+    once.add_argument("--simulated", metavar="DIR", help="act on a simulated device in DIR")
+    add_machine_flags(once)
+    once.set_defaults(func=cmd_reconcile)
     return parser
+
+
+def add_machine_flags(parser: argparse.ArgumentParser) -> None:
+    """Where this machine keeps its slots and GRUB environment, and how its kernel says how
+    it booted. The defaults are a real device's; tests that simulate boots change them."""
+    group = parser.add_argument_group("boot (real machine)")
+    group.add_argument(
+        "--boot-dir",
+        default=str(DEFAULT_BOOT),
+        help="grubenv and slots/A, slots/B (on the state partition; default %(default)s)",
+    )
+    group.add_argument("--kernel-cmdline", default=str(CMDLINE), help=argparse.SUPPRESS)
+    group.add_argument("--boot-id-file", default=str(BOOT_ID), help=argparse.SUPPRESS)
+    group.add_argument("--reboot-command", default=shlex.join(REBOOT), help=argparse.SUPPRESS)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 from node_image.agent.reconcilers.base import Reconciler, ReconcilerFactory
 from node_image.agent.reconcilers.config import ConfigReconciler
+from node_image.agent.reconcilers.os_update import OsUpdateReconciler
 from node_image.agent.state import StateDir
 
-REGISTRY: tuple[ReconcilerFactory, ...] = (ConfigReconciler,)
+REGISTRY: tuple[ReconcilerFactory, ...] = (ConfigReconciler, OsUpdateReconciler)
 
 
 def build(state: StateDir, registry: tuple[ReconcilerFactory, ...] = REGISTRY) -> list[Reconciler]:
     return [factory(state) for factory in registry]
 
 
-__all__ = ["REGISTRY", "ConfigReconciler", "Reconciler", "ReconcilerFactory", "build"]
+__all__ = [
+    "REGISTRY",
+    "ConfigReconciler",
+    "OsUpdateReconciler",
+    "Reconciler",
+    "ReconcilerFactory",
+    "build",
+]
