@@ -116,7 +116,9 @@ class SpecDocument(Document):
     acked_seq: Count = 0
 
 
-ConditionStatus = Literal["Applied", "Pending", "Progressing", "Error", "Ready", "Unknown"]
+ConditionStatus = Literal[
+    "Applied", "Pending", "Progressing", "Error", "Ready", "Unknown", "Installed"
+]
 
 
 class Condition(Document):

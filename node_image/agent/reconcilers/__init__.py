@@ -4,13 +4,21 @@ from __future__ import annotations
 
 from node_image.agent.reconcilers.base import Reconciler, ReconcilerFactory
 from node_image.agent.reconcilers.config import ConfigReconciler
+from node_image.agent.reconcilers.k3s import K3sReconciler
 from node_image.agent.state import StateDir
 
-REGISTRY: tuple[ReconcilerFactory, ...] = (ConfigReconciler,)
+REGISTRY: tuple[ReconcilerFactory, ...] = (ConfigReconciler, K3sReconciler)
 
 
 def build(state: StateDir, registry: tuple[ReconcilerFactory, ...] = REGISTRY) -> list[Reconciler]:
     return [factory(state) for factory in registry]
 
 
-__all__ = ["REGISTRY", "ConfigReconciler", "Reconciler", "ReconcilerFactory", "build"]
+__all__ = [
+    "REGISTRY",
+    "ConfigReconciler",
+    "K3sReconciler",
+    "Reconciler",
+    "ReconcilerFactory",
+    "build",
+]
