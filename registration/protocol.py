@@ -178,6 +178,9 @@ class RegisterResponse(Document):
     group: str
     endpoints: Endpoints
     created: bool
+    #: The server's update-signing key (ed25519, raw 32 bytes, base64): the device pins it
+    #: and verifies every artifact against it (``registration.artifacts``).
+    update_signing_key: str | None = Field(default=None, max_length=64)
 
 
 class CertificateRenewRequest(Document):
