@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlite_utils import Database
 
@@ -149,3 +149,16 @@ def forget(db: Database, device_id: str) -> list[str]:
         return []
     k3s_store.set_server(db, member.group, k3s_store.pick_server(db, member.group))
     return k3s_store.group_members(db, member.group)
+
+
+#: What operators see instead of a join token: it lets a machine join the cluster, so only
+#: the devices whose spec carries it read it.
+REDACTED = "<redacted>"
+
+
+def redacted(spec: dict[str, Any]) -> dict[str, Any]:
+    """A stored spec as operators see it: without the K3s join token."""
+    k3s = spec.get("k3s")
+    if not isinstance(k3s, dict) or not k3s.get("token"):
+        return spec
+    return {**spec, "k3s": {**k3s, "token": REDACTED}}

@@ -176,7 +176,10 @@ async def show(store: Store, device_id: str) -> DeviceDetail:
             {
                 **_record(row),
                 "certificates": certificates,
-                "desired": Desired(generation=state.get("generation", 0), spec=state.get("spec")),
+                "desired": Desired(
+                    generation=state.get("generation", 0),
+                    spec=k3s_cluster.redacted(state["spec"]) if state.get("spec") else None,
+                ),
                 "reported": Reported(
                     observed_generation=state.get("observed_generation", 0),
                     conditions=state.get("conditions", []),
@@ -212,14 +215,16 @@ async def identity(store: Store, device_id: str, serial: int) -> Identity:
     return Identity(device_id=device_id, serial=str(serial), name=row["name"], labels=row["labels"])
 
 
-async def spec_document(store: Store, device_id: str) -> SpecDocument:
+async def spec_document(store: Store, device_id: str, operator: bool = False) -> SpecDocument:
+    """The device's spec; as an ``operator`` reads it, without the K3s join token."""
     state = await store.read(lambda db: state_store.get(db, device_id))
     if state is None:
         raise NotFound(f"no device {device_id}")
+    spec = k3s_cluster.redacted(state["spec"]) if operator else state["spec"]
     return SpecDocument(
         device_id=device_id,
         generation=state["generation"],
-        spec=Spec.model_validate(state["spec"]),
+        spec=Spec.model_validate(spec),
         acked_seq=state["acked_seq"],
     )
 

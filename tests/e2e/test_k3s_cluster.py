@@ -64,8 +64,10 @@ def import_release(server: Server, found: Release) -> None:
         assert answer.status_code == 201, answer.text
 
 
-def spec_of(server: Server, device_id: str) -> dict[str, Any]:
-    answer = server.api("GET", f"/api/v1/devices/{device_id}/spec")
+def spec_of(server: Server, node: Node) -> dict[str, Any]:
+    """The spec as the device reads it (mTLS with its own certificate)."""
+    cert = (str(node.state / "device.pem"), str(node.state / "device-key.pem"))
+    answer = server.request("GET", f"/api/v1/devices/{node.device_id}/spec", cert=cert)
     assert answer.status_code == 200, answer.text
     spec: dict[str, Any] = answer.json()["spec"]
     return spec
@@ -129,7 +131,7 @@ def test_three_devices_form_one_cluster_and_upgrade_server_first(
     wait_until("the cluster Ready at v1", lambda: all_ready(server, nodes, V1), 120, 0.5, logs)
 
     # One server node, two agents; only the agents' specs carry the join token.
-    specs = {n.device_id: spec_of(server, n.device_id)["k3s"] for n in nodes}
+    specs = {n.device_id: spec_of(server, n)["k3s"] for n in nodes}
     servers = [n for n in nodes if specs[n.device_id]["role"] == "server"]
     agents = [n for n in nodes if specs[n.device_id]["role"] == "agent"]
     assert len(servers) == 1 and len(agents) == 2
@@ -140,6 +142,11 @@ def test_three_devices_form_one_cluster_and_upgrade_server_first(
         assert specs[agent.device_id]["token"] == join_token
         assert specs[agent.device_id]["server_url"] == "https://127.0.0.1:6443"
         assert not (agent.rootfs / TOKEN_FILE).exists()
+        # Operators (even viewers) never read the token.
+        shown = server.api("GET", f"/api/v1/devices/{agent.device_id}").json()
+        assert shown["desired"]["spec"]["k3s"]["token"] == "<redacted>"
+        as_operator = server.api("GET", f"/api/v1/devices/{agent.device_id}/spec").json()
+        assert as_operator["spec"]["k3s"]["token"] == "<redacted>"
 
     # The stand-in installer recorded the exact environment on each device.
     for node in nodes:
@@ -170,4 +177,4 @@ def test_three_devices_form_one_cluster_and_upgrade_server_first(
     for agent in agents:
         assert len(installer_runs(agent.rootfs)) == 2
         assert int(upgraded[agent.device_id]["_at"]) > head_at, "an agent upgraded first"
-        assert spec_of(server, agent.device_id)["k3s"]["version"] == V2
+        assert spec_of(server, agent)["k3s"]["version"] == V2
