@@ -7,7 +7,7 @@ specs, reconciles, and reports). Topics of the MQTT channel live here too.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -107,17 +107,22 @@ class SpecPatch(Document):
     bundles: list[Bundle] | None = None
     config: list[ConfigFile] | None = None
 
-    @model_validator(mode="after")
-    def _no_server_resolved_fields(self) -> SpecPatch:
+    @model_validator(mode="before")
+    @classmethod
+    def _no_server_resolved_fields(cls, data: Any) -> Any:
+        """Checked before the fields are, so the answer names the rule, not a shape error."""
+        if not isinstance(data, dict):
+            return data
         for section, names in SERVER_RESOLVED.items():
-            part = getattr(self, section)
+            part = data.get(section)
             for name in names:
-                if part is not None and getattr(part, name) is not None:
+                value = part.get(name) if isinstance(part, dict) else getattr(part, name, None)
+                if value is not None:
                     raise ValueError(
                         f"{section}.{name} is filled by the server (from the artifact mirror "
                         f"or the cluster); set {section}.version instead"
                     )
-        return self
+        return data
 
 
 class Spec(Document):

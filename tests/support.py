@@ -23,6 +23,7 @@ __all__ = [
     "Server",
     "device",
     "free_port",
+    "import_artifact",
     "set_group",
     "start_agent",
 ]
@@ -46,6 +47,33 @@ def set_group(server: Server, name: str, selector: str, spec: dict[str, Any]) ->
     assert response.status_code in (200, 201), response.text
     data: dict[str, Any] = response.json()
     return data
+
+
+def import_artifact(
+    server: Server,
+    data: bytes | Path,
+    kind: str,
+    name: str,
+    version: str,
+    arch: str | None = None,
+) -> dict[str, Any]:
+    """Import ``data`` (bytes, or a file streamed from disk) into the server's artifact mirror
+    (``POST /api/v1/artifacts``, as ``corral artifact import`` does). Returns the artifact:
+    its ``id``, ``sha256``, ``size`` and ``signature``; a device's spec names it by version."""
+    query = {"kind": kind, "name": name, "version": version, **({"arch": arch} if arch else {})}
+    headers = {"Authorization": f"Bearer {server.admin_token}"}
+    if isinstance(data, Path):
+        with data.open("rb") as f:
+            response = server.request(
+                "POST", "/api/v1/artifacts", params=query, data=f, headers=headers, timeout=600
+            )
+    else:
+        response = server.request(
+            "POST", "/api/v1/artifacts", params=query, data=data, headers=headers
+        )
+    assert response.status_code == 201, response.text
+    answer: dict[str, Any] = response.json()
+    return answer
 
 
 @dataclass

@@ -37,7 +37,11 @@ log = logging.getLogger(__name__)
 
 routes = web.RouteTableDef()
 
+#: Uploads are written to disk this much at a time.
 CHUNK = 1 << 20
+#: Downloads are read and sent this much at a time: with the transport's buffer, what one
+#: download holds in memory, whatever the file's size.
+SEND_CHUNK = 256 << 10
 IMPORT_FIELDS = ("kind", "name", "version", "arch", "sha256")
 
 
@@ -90,8 +94,10 @@ async def import_artifact(request: web.Request) -> web.Response:
     try:
         await _receive(request, upload)
         received = await asyncio.to_thread(upload.finish, meta.sha256)
-    except BaseException:
+    except BaseException as e:
         await asyncio.to_thread(upload.discard)
+        if isinstance(e, BadRequest):
+            log.warning("refused the import of %s %s %s: %s", meta.kind, meta.name, meta.version, e)
         raise
     row = await app[NOTIFIER].run(
         artifact_ops.import_(
@@ -187,7 +193,7 @@ async def artifact_content(request: web.Request) -> web.StreamResponse:
         await response.prepare(request)
         left = stop - start
         while left > 0:
-            chunk = await asyncio.to_thread(f.read, min(CHUNK, left))
+            chunk = await asyncio.to_thread(f.read, min(SEND_CHUNK, left))
             if not chunk:
                 raise NotFound(f"artifact {row.id}: the file is shorter than recorded")
             await response.write(chunk)

@@ -10,12 +10,20 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import requests
 
 from edge_server.cli.errors import CliError
 from edge_server.settings import DEFAULT_DATA_DIR
+
+
+class Readable(Protocol):
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
+#: Uploads: 30 s to connect, then up to 10 minutes for the server's answer.
+UPLOAD_TIMEOUT = (30.0, 600.0)
 
 
 @dataclass(frozen=True)
@@ -48,16 +56,34 @@ class OperatorClient:
         return cls(url.rstrip("/"), token, ca if ca else True)
 
     def request(self, method: str, path: str, body: Any = None, **params: Any) -> Any:
+        return self._send(method, path, {"json": body}, params)
+
+    def upload(self, path: str, stream: Readable, size: int, **params: Any) -> Any:
+        """POST ``size`` bytes read from ``stream`` (streamed, with a Content-Length);
+        the JSON answer."""
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+        kwargs = {"data": stream, "headers": headers}
+        return self._send("POST", path, kwargs, params, UPLOAD_TIMEOUT)
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        kwargs: dict[str, Any],
+        params: dict[str, Any],
+        timeout: tuple[float, float] | None = None,
+    ) -> Any:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        headers.update(kwargs.pop("headers", {}))
         try:
             response = requests.request(
                 method,
                 self.url + path,
-                json=body,
                 headers=headers,
                 verify=self.verify,
-                timeout=self.timeout,
+                timeout=timeout or self.timeout,
                 params={k: v for k, v in params.items() if v is not None},
+                **kwargs,
             )
         except requests.RequestException as e:
             raise CliError(

@@ -8,7 +8,7 @@ import os
 import sys
 from typing import NoReturn
 
-from edge_server.cli import api_tokens, broker, demo, devices, groups, serve, tokens
+from edge_server.cli import api_tokens, artifacts, broker, demo, devices, groups, serve, tokens
 from edge_server.cli.client import OperatorClient
 from edge_server.errors import ServerError
 from registration.errors import RegistrationError
@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     devices.add_parser(sub, common)
     groups.add_parser(sub, common)
     api_tokens.add_parser(sub, common)
+    artifacts.add_parser(sub, common)
     for child in _subcommands(parser):
         add_global_flags(child, root=False)
     return parser

@@ -97,7 +97,9 @@ def test_a_database_recorded_by_the_old_runner_is_adopted(tmp_path: Path) -> Non
         db.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at REAL)")
         db.execute("INSERT INTO schema_migrations VALUES (1, 0), (2, 0)")
 
-        later = [m.name for m in migrations.pending(connect(tmp_path / "new.db"))][2:]
+        fresh = connect(tmp_path / "new.db")
+        later = [m.name for m in migrations.pending(fresh)][2:]
+        fresh.close()
         assert later[:2] == ["0003_groups_version", "0004_storage_probe"]
         assert migrate(db) == later
         assert "schema_migrations" not in db.table_names()
