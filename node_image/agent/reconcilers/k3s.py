@@ -170,9 +170,9 @@ class K3sReconciler:
         return data if isinstance(data, dict) else {}
 
     def _save(self, installed: Installed) -> None:
-        data = self._load()
-        data["installed"] = asdict(installed)
-        self._state.write_json(self._path, data)
+        # A new install (a new version, or this device became the server node) is reported
+        # anew: the Corral server may have forgotten an earlier report of this device.
+        self._state.write_json(self._path, {"installed": asdict(installed)})
 
     async def _installed(self, ctx: ReconcileContext, plan: Plan) -> bool:
         recorded = (await asyncio.to_thread(self._load)).get("installed")
