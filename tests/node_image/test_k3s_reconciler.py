@@ -251,6 +251,21 @@ async def test_a_second_pass_runs_nothing_and_an_upgrade_runs_the_installer_agai
     assert version.stdout.startswith(b"k3s version v1.32.0+k3s1")
 
 
+async def test_a_device_that_becomes_the_server_uninstalls_the_agent_first(
+    device: Device, mirror: Mirror, tmp_path: Path
+) -> None:
+    found = release("v1.31.4+k3s1", tmp_path / "rel")
+    assert (await device.reconcile(mirror.spec(found, role="agent"))).status == "Ready"
+    units = device.file("/etc/systemd/system")
+    assert (units / "k3s-agent.service").exists()
+    assert (await device.reconcile(mirror.spec(found, role="server"))).status == "Ready"
+    assert not (units / "k3s-agent.service").exists()
+    assert not device.file("/usr/local/bin/k3s-agent-uninstall.sh").exists()
+    assert (units / "k3s.service").exists()
+    assert [r["INSTALL_K3S_EXEC"] for r in device.runs] == ["agent", "server"]
+    assert "Uninstalling" in [c.reason for c in device.reports]
+
+
 async def test_a_failing_installer_is_an_error_with_its_stderr_and_the_token_masked(
     device: Device, mirror: Mirror, tmp_path: Path
 ) -> None:

@@ -178,3 +178,18 @@ def test_kubectl_delete_is_recorded(root: Path, tmp_path: Path) -> None:
     assert str(manifest) in done.stdout
     log = (root / "var/log/k3s-kubectl.log").read_text().splitlines()
     assert log == [f"delete -f {manifest}"]
+
+
+def test_the_uninstaller_removes_its_service_then_the_binary_and_data_when_none_is_left(
+    root: Path,
+) -> None:
+    assert install(root, K3S_NODE_NAME="dev-0").returncode == 0
+    assert (root / "var/lib/rancher/k3s/server/node-token").exists()
+    env = {"CORRAL_SIMULATED_ROOT": str(root), "PATH": path_with_standins()}
+    subprocess.run(
+        [SH, str(root / "usr/local/bin/k3s-uninstall.sh")], env=env, check=True, timeout=60
+    )
+    assert not (root / "etc/systemd/system/k3s.service").exists()
+    assert not (root / "usr/local/bin/k3s").exists()
+    assert not (root / "var/lib/rancher/k3s").exists()
+    assert "disable k3s" in systemctl_calls(root)[-1]

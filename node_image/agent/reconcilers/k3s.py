@@ -139,7 +139,10 @@ class K3sReconciler:
                 key = await asyncio.to_thread(ctx.state.update_signing_key)
                 _check_signatures(key, plan)
                 files = await _fetch(ctx, plan)
-                # 5. Stage the binary and the airgap images where K3s expects them.
+                # 5. Stage the binary and the airgap images where K3s expects them; first,
+                #    when this device changes role, the uninstaller the installer wrote for
+                #    the old one (it removes the binary and data: the roles do not mix).
+                await _leave_role(ctx, await asyncio.to_thread(self._role), plan.role)
                 await _stage(ctx, plan, files)
                 # 6. The official installer, through sh.
                 await _install(ctx, plan, node, files[plan.install_script.id], self.timing)
@@ -168,6 +171,10 @@ class K3sReconciler:
     def _load(self) -> dict[str, Any]:
         data = read_json(self._path)
         return data if isinstance(data, dict) else {}
+
+    def _role(self) -> str | None:
+        installed = self._load().get("installed")
+        return str(installed["role"]) if isinstance(installed, dict) else None
 
     def _save(self, installed: Installed) -> None:
         # A new install (a new version, or this device became the server node) is reported
@@ -310,6 +317,22 @@ async def _install(
     except CommandError as e:  # stderr is masked: the token never shows
         raise Refused(_error("InstallFailed", f"install.sh: {e.what()}: {e.stderr_tail}")) from e
     log.info("k3s: installed %s as %s", plan.version, plan.role)
+
+
+async def _leave_role(ctx: ReconcileContext, installed: str | None, wanted: str) -> None:
+    """Run the uninstaller the installer wrote for the role this device is leaving."""
+    if installed is None or installed == wanted:
+        return
+    service = "k3s" if installed == "server" else "k3s-agent"
+    script = ctx.host.resolve(f"{BIN_DIR}/{service}-uninstall.sh")
+    if not await asyncio.to_thread(script.is_file):
+        return
+    await ctx.progress(None, "Uninstalling", f"the K3s {installed} before installing the {wanted}")
+    try:
+        await ctx.run(["sh", str(script)], None, 300)
+    except CommandError as e:
+        raise Refused(_error("UninstallFailed", f"{script.name}: {e.describe()}")) from e
+    log.info("k3s: uninstalled the %s to become a %s", installed, wanted)
 
 
 async def _k3s_version(ctx: ReconcileContext) -> str | None:
