@@ -9,7 +9,8 @@ filled by the Corral server) it:
    a byte is downloaded or anything runs;
 4. downloads them (resume, sha256, free-space check: ``ctx.download``);
 5. stages the binary into ``INSTALL_K3S_BIN_DIR`` and the airgap images into
-   ``/var/lib/rancher/k3s/agent/images/`` (under the host's root);
+   ``/var/lib/rancher/k3s/agent/images/`` (under the host's root), after running the
+   uninstaller of the role the device leaves, if it changes role;
 6. runs ``sh install.sh`` with the documented environment (``INSTALL_K3S_SKIP_DOWNLOAD=true``
    always: the installer then downloads and checks nothing, so verifying is ours). The join
    token goes in the environment only, never argv or logs;
