@@ -13,7 +13,8 @@ return typed rows too, so nothing outside ``store/`` and ``ops/`` touches the st
 
 Modules: ``tokens`` (registration tokens), ``registration`` (wraps ``registrar``),
 ``devices`` (label, override, delete, reset), ``groups`` (create, update, delete),
-``status`` (status events, presence), ``api_tokens``.
+``status`` (status events, presence), ``api_tokens``, ``artifacts`` (the artifact mirror:
+import, delete; specs name artifacts through ``edge_server.artifact_refs``).
 """
 
 from edge_server.ops.changes import Actor, Changes, Done, Event

@@ -14,12 +14,11 @@ from edge_server import specs
 from edge_server.artifact_refs import release_arch
 from edge_server.store import artifacts as artifacts_store
 from edge_server.store import connect
-from edge_server.store import devices as devices_store
 from edge_server.store import groups as groups_store
 from edge_server.store import state as state_store
-from edge_server.store.devices import DeviceWrite
 from edge_server.store.migrations import migrate
 from registration.desired import K3sSpec, OsSpec, SpecPatch
+from tests.edge_server.test_specs import add_device
 
 
 @pytest.fixture
@@ -27,27 +26,6 @@ def db(tmp_path: Path) -> Database:
     database = connect(tmp_path / "c.db")
     migrate(database)
     return database
-
-
-def add_device(db: Database, device_id: str, machine: str) -> None:
-    devices_store.upsert(
-        db,
-        DeviceWrite(
-            id=device_id,
-            name=device_id,
-            machine_id=f"dmi:{device_id}",
-            dmi_uuid=device_id,
-            public_key_sha256="k",
-            group_name="default",
-            labels_local={},
-            labels_token={},
-            facts={"arch": machine},
-            agent_version="t",
-            protocol_version=1,
-            token_id="t",
-        ),
-        operator={},
-    )
 
 
 def add_artifact(db: Database, artifact_id: str, kind: str, version: str, arch: str | None) -> None:
@@ -87,9 +65,9 @@ def test_machine_names_map_to_release_arches() -> None:
 def test_each_device_gets_its_arch_and_the_newest_import_and_nothing_when_missing(
     db: Database,
 ) -> None:
-    add_device(db, "x86", "x86_64")
-    add_device(db, "pi", "aarch64")
-    add_device(db, "unknown", "")
+    add_device(db, "x86", {}, {"arch": "x86_64"})
+    add_device(db, "pi", {}, {"arch": "aarch64"})
+    add_device(db, "unknown", {}, {"arch": ""})
     groups_store.create(db, "all", "", 0)
     patch = SpecPatch(os=OsSpec(version="2"), k3s=K3sSpec(version="v1"))
     groups_store.update(db, "all", spec=patch.model_dump(exclude_none=True))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlite_utils import Database
@@ -24,7 +25,9 @@ def db(tmp_path: Path) -> Database:
     return database
 
 
-def add_device(db: Database, device_id: str, labels: dict[str, str]) -> None:
+def add_device(
+    db: Database, device_id: str, labels: dict[str, str], facts: dict[str, Any] | None = None
+) -> None:
     devices_store.upsert(
         db,
         DeviceWrite(
@@ -36,7 +39,7 @@ def add_device(db: Database, device_id: str, labels: dict[str, str]) -> None:
             group_name="default",
             labels_local=labels,
             labels_token={},
-            facts={},
+            facts=facts or {},
             agent_version="t",
             protocol_version=1,
             token_id="t",
