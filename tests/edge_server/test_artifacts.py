@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from node_image.agent.download import Downloader, DownloadOptions
+from node_image.agent.state import StateDir
 from registration.artifacts import ArtifactRef, verify_ref
 from tests.support import BIN, Server, import_artifact, set_group
 from tests.waiting import wait_until
@@ -95,9 +96,11 @@ def test_update_signing_key_is_ed25519_apart_from_the_ca_and_pinned_by_the_devic
     assert isinstance(key, Ed25519PrivateKey)
     assert pem != (server.data_dir / "pki" / "ca-key.pem").read_bytes()
 
+    assert StateDir(tmp_path / "dev-state").update_signing_key() is None  # before
     dev = register_agent(server, tmp_path)
     raw = key.public_key().public_bytes_raw()
     assert base64.b64decode(dev.pinned_key()) == raw
+    assert StateDir(dev.state).update_signing_key() == dev.pinned_key()
     # Registering again keeps it.
     seed = tmp_path / "dev-seed.json"
     rerun = subprocess.run(
@@ -455,3 +458,19 @@ def test_a_revoked_device_is_refused_and_other_devices_may_download(
     assert refused.status_code == 403 and refused.json()["error"] == "certificate_revoked"
     assert server.request("GET", path, cert=b.cert).content == data
     assert server.request("GET", path).status_code == 401  # neither device nor operator
+
+
+def test_import_k3s_is_all_or_nothing_when_the_server_refuses_one_file(
+    server: Server, tmp_path: Path
+) -> None:
+    version = "v1.31.5+k3s1"
+    taken = import_artifact(server, b"older images", "k3s-images", "k3s", version, "amd64")
+    fake_k3s_release(tmp_path / "release", version)
+    result = server.corral(
+        "artifact", "import-k3s", "--version", version, "--from", str(tmp_path / "release"),
+        check=False,
+    )  # fmt: skip
+    assert result.returncode != 0 and "artifact_exists" in result.stderr
+    # The install script and binary it imported first were deleted again.
+    assert [a["id"] for a in server.checked("GET", "/api/v1/artifacts")["items"]] == [taken["id"]]
+    assert stored(server) == ([taken["sha256"]], 1)
