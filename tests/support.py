@@ -4,6 +4,7 @@ CLI, simulated machines, agents."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import uuid
 from dataclasses import dataclass, field
@@ -110,8 +111,11 @@ class Machine:
         return str(cert), str(key)
 
 
-def start_agent(state: Path, seed: Path, simulated: Path, log: Path) -> subprocess.Popen[bytes]:
-    """A real ``corral-agent run`` process on a simulated host, polling every 2 s."""
+def start_agent(
+    state: Path, seed: Path, simulated: Path, log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """A real ``corral-agent run`` process on a simulated host, polling every 2 s; ``env``
+    is added to this process's environment."""
     with log.open("ab") as out:
         return subprocess.Popen(
             [
@@ -128,4 +132,5 @@ def start_agent(state: Path, seed: Path, simulated: Path, log: Path) -> subproce
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
         )

@@ -87,11 +87,12 @@ async def device_spec(request: web.Request) -> web.StreamResponse:
     The ETag covers the generation and the acknowledged status seq: If-None-Match gives 304
     while neither changed."""
     device_id = request.match_info["device_id"]
-    if peer_certificate(request) is not None:
-        await authenticate_device(request)
-    else:
+    operator_call = peer_certificate(request) is None
+    if operator_call:
         await authenticate_operator(request)
-    doc = await device_ops.spec_document(request.app[STORE], device_id)
+    else:
+        await authenticate_device(request)
+    doc = await device_ops.spec_document(request.app[STORE], device_id, operator=operator_call)
     etag = f'"g{doc.generation}.a{doc.acked_seq}"'
     if request.headers.get("If-None-Match") == etag:
         return web.Response(status=304, headers={"ETag": etag})

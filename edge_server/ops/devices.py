@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import Field
 from sqlite_utils import Database
 
-from edge_server import selectors, specs
+from edge_server import k3s_cluster, selectors, specs
 from edge_server.errors import NotFound
 from edge_server.ops.changes import Actor, Changes, Done, Event
 from edge_server.ops.rows import (
@@ -188,7 +188,10 @@ async def show(store: Store, device_id: str) -> DeviceDetail:
             {
                 **_record(row),
                 "certificates": certificates,
-                "desired": Desired(generation=state.get("generation", 0), spec=state.get("spec")),
+                "desired": Desired(
+                    generation=state.get("generation", 0),
+                    spec=k3s_cluster.redacted(state["spec"]) if state.get("spec") else None,
+                ),
                 "reported": Reported(
                     observed_generation=state.get("observed_generation", 0),
                     conditions=state.get("conditions", []),
@@ -224,14 +227,16 @@ async def identity(store: Store, device_id: str, serial: int) -> Whoami:
     return Whoami(device_id=device_id, serial=str(serial), name=row["name"], labels=row["labels"])
 
 
-async def spec_document(store: Store, device_id: str) -> SpecDocument:
+async def spec_document(store: Store, device_id: str, operator: bool = False) -> SpecDocument:
+    """The device's spec; as an ``operator`` reads it, without the K3s join token."""
     state = await store.read(lambda db: state_store.get(db, device_id))
     if state is None:
         raise NotFound(f"no device {device_id}")
+    spec = k3s_cluster.redacted(state["spec"]) if operator else state["spec"]
     return SpecDocument(
         device_id=device_id,
         generation=state["generation"],
-        spec=Spec.model_validate(state["spec"]),
+        spec=Spec.model_validate(spec),
         acked_seq=state["acked_seq"],
     )
 
@@ -308,13 +313,19 @@ async def _revoke(
     action: Action,
     verb: Callable[[Database, str], bool],
 ) -> Done[DeviceAction]:
-    def write(db: Database) -> None:
+    def write(db: Database) -> list[specs.Change]:
         if not verb(db, device_id):
             raise NotFound(f"no device {device_id}")
         audit(db, actor.name, f"device.{action}", device_id)
+        if action != "delete":
+            return []
+        # A deleted K3s server node: its cluster gets another one.
+        return specs.recompute(db, k3s_cluster.forget(db, device_id))
 
-    await store.write(write)
+    nudges = await store.write(write)
     return Done(
         DeviceAction(id=device_id, status=action),
-        Changes.of(Event(f"device.{action}", device_id, actor.name), revoked=[device_id]),
+        Changes.of(
+            Event(f"device.{action}", device_id, actor.name), nudges=nudges, revoked=[device_id]
+        ),
     )

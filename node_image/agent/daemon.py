@@ -400,7 +400,8 @@ class Agent:
     async def _run_one(self, reconciler: Reconciler, document: SpecDocument) -> Condition:
         # Seams (issue 7): Progressing reports and running the pass as a task come next.
         outbox = self._link.outbox if self._link else None
-        ctx = ReconcileContext(reconciler.name, self.host, self.state, outbox=outbox)
+        api = self._link.api if self._link else None
+        ctx = ReconcileContext(reconciler.name, self.host, self.state, outbox=outbox, api=api)
         return await run_reconcile(reconciler, document.spec, ctx)
 
     async def _report(

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from node_image.agent.reconcilers.base import Reconciler, ReconcilerFactory
 from node_image.agent.reconcilers.config import ConfigReconciler
+from node_image.agent.reconcilers.k3s import K3sReconciler
 from node_image.agent.reconcilers.os_update import OsUpdateReconciler
 from node_image.agent.state import StateDir
 
-REGISTRY: tuple[ReconcilerFactory, ...] = (ConfigReconciler, OsUpdateReconciler)
+#: In order: files first, then K3s (an OS update's health check wants the node Ready).
+REGISTRY: tuple[ReconcilerFactory, ...] = (ConfigReconciler, K3sReconciler, OsUpdateReconciler)
 
 
 def build(state: StateDir, registry: tuple[ReconcilerFactory, ...] = REGISTRY) -> list[Reconciler]:
@@ -17,6 +19,7 @@ def build(state: StateDir, registry: tuple[ReconcilerFactory, ...] = REGISTRY) -
 __all__ = [
     "REGISTRY",
     "ConfigReconciler",
+    "K3sReconciler",
     "OsUpdateReconciler",
     "Reconciler",
     "ReconcilerFactory",
