@@ -79,6 +79,11 @@ class Host(Protocol):
         """Remove the file at absolute ``path``; False if it was already gone."""
         ...
 
+    def resolve(self, path: str) -> Path:
+        """Where the device's absolute ``path`` is on this machine, for a command's argv
+        (``/`` on ``LinuxHost``; under ``rootfs/`` on ``SimulatedHost``)."""
+        ...
+
     def run(
         self,
         argv: Sequence[str],

@@ -116,7 +116,9 @@ class SpecDocument(Document):
     acked_seq: Count = 0
 
 
-ConditionStatus = Literal["Applied", "Pending", "Progressing", "Error", "Ready", "Unknown"]
+ConditionStatus = Literal[
+    "Applied", "Modified", "Pending", "Progressing", "Error", "Ready", "Unknown"
+]
 
 
 class Condition(Document):
@@ -124,6 +126,9 @@ class Condition(Document):
     status: ConditionStatus
     reason: str = Field(default="", max_length=128)
     message: str = Field(default="", max_length=2048)
+    #: The version installed of what this reconciler manages (``os``: the OS, ``k3s``: K3s),
+    #: when it manages something versioned and knows it.
+    version: str | None = Field(default=None, max_length=128)
 
 
 class StatusEvent(Document):

@@ -17,6 +17,7 @@ connected and over HTTPS when not, or when MQTT does not acknowledge it in time.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
@@ -398,10 +399,27 @@ class Agent:
             self._changed.notify_all()
 
     async def _run_one(self, reconciler: Reconciler, document: SpecDocument) -> Condition:
-        # Seams (issue 7): Progressing reports and running the pass as a task come next.
-        outbox = self._link.outbox if self._link else None
-        ctx = ReconcileContext(reconciler.name, self.host, self.state, outbox=outbox)
+        # Seams (issue 7): running the pass as a task comes next.
+        link = self._link
+        ctx = ReconcileContext(
+            reconciler.name,
+            self.host,
+            self.state,
+            report=functools.partial(self._report_interim, link, document.generation)
+            if link
+            else None,
+            outbox=link.outbox if link else None,
+        )
         return await run_reconcile(reconciler, document.spec, ctx)
+
+    async def _report_interim(self, link: _Link, generation: int, condition: Condition) -> None:
+        """A reconciler's condition before its pass ends (``Progressing``, ``Modified``),
+        reported with the other conditions as last reported."""
+        last = list(self._status.conditions)
+        conditions = [condition if c.type == condition.type else c for c in last]
+        if condition not in conditions:
+            conditions.append(condition)
+        await self._report(link, generation, conditions)
 
     async def _report(
         self, link: _Link, generation: int, conditions: list[Condition]

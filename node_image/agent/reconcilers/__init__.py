@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 from node_image.agent.reconcilers.base import Reconciler, ReconcilerFactory
+from node_image.agent.reconcilers.bundles import BundlesReconciler
 from node_image.agent.reconcilers.config import ConfigReconciler
 from node_image.agent.state import StateDir
 
-REGISTRY: tuple[ReconcilerFactory, ...] = (ConfigReconciler,)
+REGISTRY: tuple[ReconcilerFactory, ...] = (ConfigReconciler, BundlesReconciler)
 
 
 def build(state: StateDir, registry: tuple[ReconcilerFactory, ...] = REGISTRY) -> list[Reconciler]:
     return [factory(state) for factory in registry]
 
 
-__all__ = ["REGISTRY", "ConfigReconciler", "Reconciler", "ReconcilerFactory", "build"]
+__all__ = [
+    "REGISTRY",
+    "BundlesReconciler",
+    "ConfigReconciler",
+    "Reconciler",
+    "ReconcilerFactory",
+    "build",
+]
