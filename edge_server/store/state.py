@@ -15,10 +15,12 @@ from edge_server.store.rows import dumps, loads_columns
 JSON_COLUMNS = ("override", "spec", "groups", "conditions")
 
 
-def labels_of(db: Database, device_ids: Iterable[str] | None) -> list[tuple[str, dict[str, str]]]:
-    """(id, labels) of these devices, or of every device."""
+def labels_of(
+    db: Database, device_ids: Iterable[str] | None
+) -> list[tuple[str, str, dict[str, str]]]:
+    """(id, name, labels) of these devices, or of every device."""
     if device_ids is None:
-        rows = db.execute("SELECT id, labels FROM devices ORDER BY id").fetchall()
+        rows = db.execute("SELECT id, name, labels FROM devices ORDER BY id").fetchall()
     else:
         ids = list(device_ids)
         rows = []
@@ -26,10 +28,10 @@ def labels_of(db: Database, device_ids: Iterable[str] | None) -> list[tuple[str,
             chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
             rows += db.execute(
-                f"SELECT id, labels FROM devices WHERE id IN ({marks})",  # noqa: S608
+                f"SELECT id, name, labels FROM devices WHERE id IN ({marks})",  # noqa: S608
                 chunk,
             ).fetchall()
-    return [(r[0], json.loads(r[1])) for r in rows]
+    return [(r[0], r[1], json.loads(r[2])) for r in rows]
 
 
 def get(db: Database, device_id: str) -> dict[str, Any] | None:
