@@ -15,6 +15,7 @@ from edge_server import api
 from edge_server.api.middleware import errors
 from edge_server.channel import Channel, ChannelSettings
 from edge_server.keys import (
+    ARTIFACTS_SERVED,
     CA,
     CA_PEM,
     CHANNEL,
@@ -23,7 +24,9 @@ from edge_server.keys import (
     SESSIONS,
     SETTINGS,
     STORE,
+    UPDATE_SIGNER,
 )
+from edge_server.mirror import Served, remove_stale_uploads
 from edge_server.mosquitto import MosquittoFiles
 from edge_server.notifier import Notifier
 from edge_server.ops import status as status_ops
@@ -32,6 +35,7 @@ from edge_server.ratelimit import FailureLimiter
 from edge_server.server_certs import SERVER_CERTS, ServerCertificates
 from edge_server.sessions import MosquittoSessions, NoSessionControl, SessionControl
 from edge_server.settings import Settings
+from edge_server.signing import ensure as ensure_signing_key
 from edge_server.store import Store
 from edge_server.store import devices as devices_store
 from edge_server.tls import limit_tls_buffers
@@ -168,6 +172,10 @@ def create_app(settings: Settings) -> web.Application:
     ca = pki.load_ca()
     app[CA] = ca
     app[CA_PEM] = ca.pem
+    app[UPDATE_SIGNER] = ensure_signing_key(pki.update_signing_key_path)
+    app[ARTIFACTS_SERVED] = Served()
+    settings.artifacts_dir.mkdir(mode=0o700, exist_ok=True)
+    remove_stale_uploads(settings.artifacts_dir)
     app[REGISTER_LIMITER] = FailureLimiter(settings.register_failures_per_minute)
     app[SESSIONS] = NoSessionControl()
     app[SERVER_CERTS] = ServerCertificates(pki)

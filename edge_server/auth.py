@@ -93,9 +93,10 @@ def peer_certificate(request: web.Request) -> x509.Certificate | None:
     return x509.load_der_x509_certificate(der) if der else None
 
 
-async def authenticate_device(request: web.Request) -> DeviceIdentity:
+async def authenticate_device(request: web.Request, *, own_path: bool = True) -> DeviceIdentity:
     """The device behind the client certificate. TLS already checked that the Corral CA
-    signed it and that it has not expired; here we check the deny-list and the path."""
+    signed it and that it has not expired; here we check the deny-list and, with
+    ``own_path``, that the path's ``{device_id}`` is the device's own."""
     cert = peer_certificate(request)
     if cert is None:
         raise Unauthorized(
@@ -106,7 +107,7 @@ async def authenticate_device(request: web.Request) -> DeviceIdentity:
     row = await request.app[STORE].read(lambda db: devices_store.certificate(db, serial))
     if row is None or row["revoked_at"] is not None or row["device_id"] != device_id:
         raise Forbidden("this certificate has been revoked", code="certificate_revoked")
-    if request.match_info.get("device_id") != device_id:
+    if own_path and request.match_info.get("device_id") != device_id:
         raise Forbidden("a device may only act as itself", code="wrong_device")
     return DeviceIdentity(device_id, serial)
 

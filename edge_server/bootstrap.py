@@ -9,7 +9,7 @@ import json
 import secrets
 from dataclasses import dataclass
 
-from edge_server import passwords
+from edge_server import passwords, signing
 from edge_server.pki import Pki, write_private, write_public
 from edge_server.settings import Settings
 from edge_server.store import connect
@@ -29,7 +29,10 @@ def prepare(settings: Settings) -> AdminCredentials | None:
     """Idempotent. Returns the admin's credentials only on the very first start."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     settings.data_dir.chmod(0o700)
-    Pki(settings.pki_dir).ensure(settings.server_names(), settings.server_cert_renew_before)
+    pki = Pki(settings.pki_dir)
+    pki.ensure(settings.server_names(), settings.server_cert_renew_before)
+    signing.ensure(pki.update_signing_key_path)
+    settings.artifacts_dir.mkdir(mode=0o700, exist_ok=True)
     write_public(
         settings.client_config_path,
         json.dumps({"url": settings.local_url, "ca": str(settings.pki_dir / "ca.pem")}).encode(),

@@ -46,6 +46,8 @@ class Pki:
         self.server_key_path = directory / "server-key.pem"
         self.mqtt_client_cert_path = directory / "mqtt-client.pem"
         self.mqtt_client_key_path = directory / "mqtt-client-key.pem"
+        #: ed25519, separate from the CA: signs artifacts (``edge_server.signing``).
+        self.update_signing_key_path = directory / "update-signing.key"
 
     def ensure(
         self, names: list[str], renew_before: dt.timedelta = RENEW_BEFORE

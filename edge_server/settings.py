@@ -80,6 +80,11 @@ class Settings:
         return self.data_dir / "pki"
 
     @property
+    def artifacts_dir(self) -> Path:
+        """The artifact mirror's files, named by their sha256 (``store/artifacts.py``)."""
+        return self.data_dir / "artifacts"
+
+    @property
     def admin_token_path(self) -> Path:
         return self.data_dir / "admin-token"
 

@@ -62,6 +62,11 @@ class Host(Protocol):
         """The hardware facts reported at registration."""
         ...
 
+    def resolve(self, path: str) -> Path:
+        """Where the device's absolute ``path`` lives on this host (itself on ``LinuxHost``).
+        For commands that take paths (the K3s installer's ``INSTALL_K3S_BIN_DIR``)."""
+        ...
+
     def read_file(self, path: str, limit: int) -> HostFile | None:
         """The regular file at absolute ``path``, or None if there is none.
 
@@ -77,11 +82,6 @@ class Host(Protocol):
 
     def remove_file(self, path: str) -> bool:
         """Remove the file at absolute ``path``; False if it was already gone."""
-        ...
-
-    def resolve(self, path: str) -> Path:
-        """Where the device's absolute ``path`` is on this machine, for a command's argv
-        (``/`` on ``LinuxHost``; under ``rootfs/`` on ``SimulatedHost``)."""
         ...
 
     def run(
@@ -260,6 +260,10 @@ class LinuxHost(_FileHost):
 
 
 MACHINE_FILE = "machine.json"
+#: Set in the environment of every command a ``SimulatedHost`` runs: the directory that
+#: stands for ``/``. Stand-ins for the edge of the world (the K3s installer, ``k3s``,
+#: ``systemctl`` in the tests) take their fixed paths under it.
+SIMULATED_ROOT_ENV = "CORRAL_SIMULATED_ROOT"
 BOOT_FILE = "boot.json"
 
 
@@ -286,6 +290,14 @@ class SimulatedHost(_FileHost):
     @property
     def rootfs(self) -> Path:
         return self._root
+
+    def run(
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> CommandResult:
+        return commands.run(argv, {SIMULATED_ROOT_ENV: str(self._root), **(env or {})}, timeout)
 
     def machine_uuid(self) -> str:
         """This simulated machine's DMI product UUID, created on first use."""

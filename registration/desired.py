@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from registration.artifacts import ArtifactRef
 from registration.document import Count, Document
@@ -89,13 +89,34 @@ class Bundle(Document):
     content: str = Field(default="", max_length=MAX_CONFIG_BYTES)
 
 
+#: Fields the server fills when it computes a spec (artifacts from the mirror, the cluster's
+#: join URL and token): a group or an override setting one is refused.
+SERVER_RESOLVED: dict[str, tuple[str, ...]] = {
+    "os": ("image",),
+    "k3s": ("server_url", "token", "install_script", "binary", "images"),
+}
+
+
 class SpecPatch(Document):
-    """What a group or a per-device override sets. ``None`` means: this layer says nothing."""
+    """What a group or a per-device override sets. ``None`` means: this layer says nothing.
+    The fields in :data:`SERVER_RESOLVED` are the server's: a patch may not set them."""
 
     os: OsSpec | None = None
     k3s: K3sSpec | None = None
     bundles: list[Bundle] | None = None
     config: list[ConfigFile] | None = None
+
+    @model_validator(mode="after")
+    def _no_server_resolved_fields(self) -> SpecPatch:
+        for section, names in SERVER_RESOLVED.items():
+            part = getattr(self, section)
+            for name in names:
+                if part is not None and getattr(part, name) is not None:
+                    raise ValueError(
+                        f"{section}.{name} is filled by the server (from the artifact mirror "
+                        f"or the cluster); set {section}.version instead"
+                    )
+        return self
 
 
 class Spec(Document):
@@ -117,7 +138,7 @@ class SpecDocument(Document):
 
 
 ConditionStatus = Literal[
-    "Applied", "Modified", "Pending", "Progressing", "Error", "Ready", "Unknown"
+    "Applied", "Modified", "Pending", "Progressing", "Error", "Ready", "Unknown", "Installed"
 ]
 
 

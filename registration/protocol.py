@@ -178,6 +178,9 @@ class RegisterResponse(Document):
     group: str
     endpoints: Endpoints
     created: bool
+    #: The server's update-signing key (ed25519, raw 32 bytes, base64): the device pins it
+    #: and verifies every artifact against it (``registration.artifacts``).
+    update_signing_key: str | None = Field(default=None, max_length=64)
 
 
 class CertificateRenewRequest(Document):
@@ -216,6 +219,31 @@ class TokenCreate(Document):
     def _label_keys(cls, v: dict[str, str]) -> dict[str, str]:
         check_labels(dict.fromkeys(v, ""))
         return v
+
+
+#: The label that makes a device its group's K3s server node.
+K3S_ROLE_LABEL = "corral.dev/k3s-role"
+
+
+class K3sServerReport(Document):
+    """``POST /api/v1/devices/<id>/k3s`` (mTLS): the K3s server node tells the Corral server
+    how its group's other nodes join it. The token travels only over mTLS HTTPS, in this
+    report and in the agents' specs, never over MQTT."""
+
+    #: The K3s supervisor/API URL the agents join (``K3S_URL``): https only, as the
+    #: installer requires.
+    server_url: str = Field(max_length=1024, pattern=r"^https://[^\s/]+(:[0-9]{1,5})?/?$")
+    #: The node token (``/var/lib/rancher/k3s/server/node-token``).
+    token: str = Field(min_length=1, max_length=1024, pattern=r"^[\x21-\x7e]+$")
+    #: The K3s version installed and running on the server node.
+    version: str = Field(min_length=1, max_length=128)
+
+
+class K3sServerAck(Document):
+    """The answer: the cluster (group) and how many of its devices now join this server."""
+
+    group: str
+    agents: Count
 
 
 _T = TypeVar("_T", bound="Document")

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from edge_server.api import (
     api_tokens,
+    artifacts,
     certificates,
     devices,
     groups,
@@ -25,5 +26,6 @@ def routes() -> list[web.RouteDef]:
         *certificates.routes,
         *groups.routes,
         *api_tokens.routes,
+        *artifacts.routes,
         *openapi.routes,
     ]

@@ -17,7 +17,7 @@ from edge_server.auth import (
     operator,
     peer_certificate,
 )
-from edge_server.keys import CHANNEL, NOTIFIER, STORE
+from edge_server.keys import ARTIFACTS_SERVED, CHANNEL, NOTIFIER, STORE
 from edge_server.ops import devices as device_ops
 from edge_server.ops import status as status_ops
 from registration.desired import SpecPatch, StatusBatch
@@ -127,4 +127,7 @@ async def post_status(request: web.Request) -> web.Response:
 @operator("viewer")
 async def stats(request: web.Request) -> web.Response:
     channel = request.app[CHANNEL].stats
-    return json_response({"channel": dataclasses.asdict(channel)})
+    served = request.app[ARTIFACTS_SERVED]
+    return json_response(
+        {"channel": dataclasses.asdict(channel), "artifacts": dataclasses.asdict(served)}
+    )

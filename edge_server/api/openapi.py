@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from aiohttp import web
 from pydantic import BaseModel
@@ -22,7 +22,9 @@ from edge_server.api.api_tokens import ApiTokenCreate
 from edge_server.api.groups import GroupCreate, GroupUpdate
 from edge_server.api.http import json_response
 from edge_server.api.middleware import CHALLENGE
+from edge_server.ops.artifacts import ARCH_PATTERN
 from edge_server.selectors import MAX_TERMS
+from registration.artifacts import ARTIFACT_NAME_PATTERN, SHA256_PATTERN, ArtifactKind
 from registration.desired import SpecDocument, SpecPatch, StatusAck, StatusBatch
 from registration.protocol import (
     GROUP_NAME_PATTERN,
@@ -72,6 +74,60 @@ IF_NONE_MATCH: dict[str, Any] = {
 }
 
 
+ARTIFACT_QUERY: tuple[dict[str, Any], ...] = tuple(
+    {"name": name, "in": "query", "required": required, "description": text, "schema": schema}
+    for name, required, text, schema in (
+        (
+            "kind",
+            True,
+            "what the file is",
+            {"type": "string", "enum": list(get_args(ArtifactKind))},
+        ),
+        ("name", True, "e.g. os, k3s", {"type": "string", "pattern": ARTIFACT_NAME_PATTERN}),
+        (
+            "version",
+            True,
+            "e.g. v1.31.4+k3s1",
+            {"type": "string", "pattern": ARTIFACT_NAME_PATTERN},
+        ),
+        (
+            "arch",
+            False,
+            "amd64, arm64, …; omit for every arch",
+            {"type": "string", "pattern": ARCH_PATTERN},
+        ),
+        (
+            "sha256",
+            False,
+            "the upload must hash to this",
+            {"type": "string", "pattern": SHA256_PATTERN},
+        ),
+    )
+)
+ARTIFACT_KIND_QUERY: dict[str, Any] = {
+    "name": "kind",
+    "in": "query",
+    "description": "only artifacts of this kind",
+    "schema": {"type": "string", "enum": list(get_args(ArtifactKind))},
+}
+RANGE_HEADERS: tuple[dict[str, Any], ...] = (
+    {
+        "name": "Range",
+        "in": "header",
+        "description": "one byte range, e.g. bytes=1048576- to resume (206 Partial Content)",
+        "schema": {"type": "string"},
+    },
+    {
+        "name": "If-Range",
+        "in": "header",
+        "description": "the ETag (the quoted sha256) of the partial copy: the Range applies only "
+        "while it matches",
+        "schema": {"type": "string"},
+    },
+)
+OCTETS = "application/octet-stream"
+
+
 @dataclass(frozen=True)
 class Operation:
     method: Literal["get", "post", "put", "patch", "delete"]
@@ -84,6 +140,8 @@ class Operation:
     errors: tuple[int, ...] = ()
     parameters: tuple[dict[str, Any], ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The body is the raw bytes of a file (``application/octet-stream``), not JSON.
+    upload: bool = False
 
 
 OPERATIONS: tuple[Operation, ...] = (
@@ -260,6 +318,54 @@ OPERATIONS: tuple[Operation, ...] = (
         OPERATOR,
         r.ApiTokenRevoked,
     ),
+    Operation(
+        "post",
+        "/api/v1/artifacts",
+        "Import a file into the artifact mirror (streamed; signed with the update-signing key)."
+        " Nothing is stored unless every byte of Content-Length arrived and the sha256 matches",
+        OPERATOR,
+        r.ArtifactImported,
+        ok=(201,),
+        errors=(400, 409, 507),
+        parameters=ARTIFACT_QUERY,
+        upload=True,
+    ),
+    Operation(
+        "get",
+        "/api/v1/artifacts",
+        "List the mirror's artifacts, oldest import first",
+        OPERATOR,
+        r.ArtifactList,
+        parameters=(ARTIFACT_KIND_QUERY,),
+    ),
+    Operation(
+        "get", "/api/v1/artifacts/{artifact_id}", "Show an artifact", OPERATOR, r.ArtifactRow
+    ),
+    Operation(
+        "delete",
+        "/api/v1/artifacts/{artifact_id}",
+        "Delete an artifact (its file goes with its last reference)",
+        OPERATOR,
+        r.ArtifactDeleted,
+    ),
+    Operation(
+        "get",
+        "/api/v1/artifacts/{artifact_id}/content",
+        "Download an artifact (device mTLS, any registered device, or operator); Range resumes"
+        " a cut download (206)",
+        DEVICE + OPERATOR,
+        None,
+        ok=(200, 206),
+        errors=(416,),
+        parameters=RANGE_HEADERS,
+        extra={
+            "content": {OCTETS: {"schema": {"type": "string", "contentMediaType": OCTETS}}},
+            "headers": {
+                "ETag": {"description": "the quoted sha256", "schema": {"type": "string"}},
+                "Accept-Ranges": {"description": "bytes", "schema": {"type": "string"}},
+            },
+        },
+    ),
 )
 
 ERROR_TEXT = {
@@ -270,6 +376,7 @@ ERROR_TEXT = {
     409: "Conflict",
     413: "Body too large",
     415: "Wrong content type",
+    416: "Range not satisfiable (Content-Range: bytes */size)",
     429: "Too many failures",
     507: "The disk under the database is full; nothing was written (storage_full)",
 }
@@ -286,6 +393,8 @@ def error_statuses(op: Operation) -> list[int]:
         statuses |= {401, 403}
     if op.body is not None:
         statuses |= {400, 413, 415}
+    if op.upload:
+        statuses.add(400)
     if "{" in op.path:
         statuses.add(404)
     if op.method != "get":
@@ -381,6 +490,11 @@ def _operation(op: Operation, schemas: Schemas) -> dict[str, Any]:
         out["requestBody"] = {
             "required": True,
             "content": {"application/json": {"schema": schemas.bodies[op.body]}},
+        }
+    if op.upload:
+        out["requestBody"] = {
+            "required": True,
+            "content": {OCTETS: {"schema": {"type": "string", "contentMediaType": OCTETS}}},
         }
     return out
 

@@ -6,7 +6,7 @@ from aiohttp import web
 
 from edge_server.api.http import json_response, read_model
 from edge_server.errors import ServerError
-from edge_server.keys import CA, NOTIFIER, REGISTER_LIMITER, SETTINGS, STORE
+from edge_server.keys import CA, NOTIFIER, REGISTER_LIMITER, SETTINGS, STORE, UPDATE_SIGNER
 from edge_server.ops import registration as registration_ops
 from registration.errors import RegistrationError
 from registration.protocol import RegisterRequest
@@ -35,6 +35,7 @@ async def register(request: web.Request) -> web.Response:
                 api_url=settings.public_url or f"{request.scheme}://{request.host}",
                 mqtt_url=settings.device_mqtt_url(request.host),
                 cert_lifetime=settings.device_cert_lifetime,
+                update_signing_key=app[UPDATE_SIGNER].public_key,
             )
         )
     except (ServerError, RegistrationError) as e:

@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from edge_server.channel import ChannelStats
+from registration.artifacts import ArtifactKind
 from registration.desired import Condition, Spec, SpecPatch
 from registration.protocol import LABELS_SCHEMA, Facts
 
@@ -165,8 +166,47 @@ class OverrideSet(Answer):
     override: SpecPatch
 
 
+class ArtifactsServed(Answer):
+    """What the artifact content endpoint wrote to clients since the server started."""
+
+    requests: int
+    range_requests: int
+    completed: int
+    bytes_served: int = Field(description="bytes actually written, cut downloads included")
+
+
 class Stats(Answer):
     channel: ChannelStats
+    artifacts: ArtifactsServed
+
+
+class ArtifactRow(Answer):
+    """An artifact in the mirror: its identity, size, sha256 and the server's signature."""
+
+    id: str
+    kind: ArtifactKind
+    name: str
+    version: str
+    arch: str | None
+    sha256: str
+    size: int
+    signature: str = Field(description="base64 ed25519 over registration.artifacts.signing_message")
+    created_at: float
+    created_by: str
+
+
+class ArtifactImported(ArtifactRow):
+    devices_changed: int = Field(description="devices whose spec now names a changed artifact")
+
+
+class ArtifactList(Answer):
+    items: list[ArtifactRow]
+
+
+class ArtifactDeleted(Answer):
+    id: str
+    status: Literal["deleted"]
+    devices_changed: int
 
 
 class GroupRow(Answer):

@@ -19,12 +19,14 @@ async def register(
     api_url: str,
     mqtt_url: str | None = None,
     cert_lifetime: dt.timedelta = identity.DEVICE_CERT_LIFETIME,
+    update_signing_key: str | None = None,
 ) -> Done[RegisterResponse]:
     """The actor is the token (``token:<id>``), written to the audit log by the registrar."""
     checked = registrar.check_request(doc, ca.fingerprint)
     nudges, answer = await store.write(
         lambda db: registrar.commit(db, ca, checked, api_url, mqtt_url, cert_lifetime)
     )
+    answer = answer.model_copy(update={"update_signing_key": update_signing_key})
     actor = f"token:{checked.token.token_id}"
     kind = "device.register" if answer.created else "device.reregister"
     # A new device gets no nudge: its agent pulls its spec right after this answer, and

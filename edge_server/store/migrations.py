@@ -165,6 +165,32 @@ def _storage_probe(db: Database) -> None:
     )
 
 
+@migrations(name="0005_artifacts")
+def _artifacts(db: Database) -> None:
+    """The artifact mirror: one row per imported artifact; its bytes are the file
+    ``<data>/artifacts/<sha256>`` (content-addressed, shared by rows with the same bytes).
+    ``arch`` is '' for artifacts of every architecture, so the identity is unique."""
+    db.executescript(
+        """
+        CREATE TABLE artifacts (
+            id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            name TEXT NOT NULL,
+            version TEXT NOT NULL,
+            arch TEXT NOT NULL DEFAULT '',
+            sha256 TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            signature TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            created_by TEXT NOT NULL,
+            UNIQUE (kind, name, version, arch)
+        );
+        CREATE INDEX artifacts_by_version ON artifacts(kind, version, arch);
+        CREATE INDEX artifacts_by_sha256 ON artifacts(sha256);
+        """
+    )
+
+
 # Before sqlite-utils' Migrations, applied versions were recorded in ``schema_migrations``.
 _LEGACY_NAMES = {1: "0001_initial", 2: "0002_desired_state"}
 

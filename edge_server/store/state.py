@@ -15,22 +15,28 @@ from edge_server.store.rows import dumps, loads_columns
 JSON_COLUMNS = ("override", "spec", "groups", "conditions")
 
 
+def device_rows(db: Database, columns: str, device_ids: Iterable[str] | None) -> list[Any]:
+    """``SELECT id, <columns> FROM devices`` for these devices, or every device (by id);
+    ``columns`` is SQL written here in the store, never caller input."""
+    if device_ids is None:
+        return db.execute(f"SELECT id, {columns} FROM devices ORDER BY id").fetchall()  # noqa: S608
+    ids = list(device_ids)
+    rows: list[Any] = []
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        rows += db.execute(
+            f"SELECT id, {columns} FROM devices WHERE id IN ({marks})",  # noqa: S608
+            chunk,
+        ).fetchall()
+    return rows
+
+
 def labels_of(
     db: Database, device_ids: Iterable[str] | None
 ) -> list[tuple[str, str, dict[str, str]]]:
     """(id, name, labels) of these devices, or of every device."""
-    if device_ids is None:
-        rows = db.execute("SELECT id, name, labels FROM devices ORDER BY id").fetchall()
-    else:
-        ids = list(device_ids)
-        rows = []
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            rows += db.execute(
-                f"SELECT id, name, labels FROM devices WHERE id IN ({marks})",  # noqa: S608
-                chunk,
-            ).fetchall()
+    rows = device_rows(db, "name, labels", device_ids)
     return [(r[0], r[1], json.loads(r[2])) for r in rows]
 
 

@@ -34,6 +34,7 @@ from registration.desired import Condition, Spec
 
 if TYPE_CHECKING:
     from node_image.agent.reconcilers.base import Reconciler
+    from node_image.agent.transport import ApiClient
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,9 @@ class ReconcileContext:
     #: identity (mTLS to the Corral server) when there is one, else the system trust store.
     tls: ssl.SSLContext | None = None
     download_options: DownloadOptions = field(default_factory=DownloadOptions)
+    #: The device's mTLS API client, for reports a reconciler makes (the K3s server node's
+    #: join token); None where there is no server (tests, tools).
+    api: ApiClient | None = None
     #: Progress is reported when the percentage has moved at least this much.
     progress_step: float = 5.0
     _last_percent: float = field(default=-math.inf, init=False)

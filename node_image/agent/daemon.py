@@ -409,6 +409,7 @@ class Agent:
             if link
             else None,
             outbox=link.outbox if link else None,
+            api=link.api if link else None,
         )
         return await run_reconcile(reconciler, document.spec, ctx)
 

@@ -125,6 +125,8 @@ def register(
     # 5. Keep the certificate and what the server told us.
     state.write(state.cert, answer.certificate.encode())
     state.write(state.ca, answer.ca.encode())
+    if answer.update_signing_key is not None:
+        state.write(state.update_signing_pub, answer.update_signing_key.encode() + b"\n")
     state.write_identity(
         {
             "device_id": answer.device_id,

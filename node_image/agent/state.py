@@ -76,6 +76,19 @@ class StateDir:
         return self.root / "ca.pem"
 
     @property
+    def update_signing_pub(self) -> Path:
+        """The server's update-signing key (ed25519, raw, base64), pinned at registration."""
+        return self.root / "update-signing.pub"
+
+    def update_signing_key(self) -> str | None:
+        """The pinned update-signing key, or None before a server that has one answered."""
+        try:
+            text = self.update_signing_pub.read_text().strip()
+        except FileNotFoundError:
+            return None
+        return text or None
+
+    @property
     def identity(self) -> Path:
         return self.root / "identity.json"
 

@@ -35,7 +35,12 @@ from registration.desired import (
     presence_topic,
     status_topic,
 )
-from registration.protocol import CertificateRenewRequest, CertificateRenewResponse
+from registration.protocol import (
+    CertificateRenewRequest,
+    CertificateRenewResponse,
+    K3sServerAck,
+    K3sServerReport,
+)
 
 log = logging.getLogger(__name__)
 
@@ -235,6 +240,17 @@ class ApiClient:
             return CertificateRenewResponse.model_validate_json(reply.body)
         except ValidationError as e:
             raise ApiError(f"the server sent a certificate that does not validate: {e}") from e
+
+    async def report_k3s_server(self, report: K3sServerReport) -> K3sServerAck:
+        """``POST …/k3s``: this device, its group's K3s server node, says how to join it."""
+        body = report.model_dump_json().encode()
+        headers = {"Content-Type": "application/json"}
+        reply = await self._call("POST", "/k3s", body, headers)
+        self._check(reply, "POST k3s")
+        try:
+            return K3sServerAck.model_validate_json(reply.body)
+        except ValidationError as e:
+            raise ApiError(f"the server sent a k3s ack that does not validate: {e}") from e
 
     async def reload_certificate(self, cert: Path, key: Path) -> None:
         """Present the certificate now in ``cert`` from the next handshake on: it is loaded

@@ -216,6 +216,23 @@ def test_live_answers_match_the_document(srv: Server, tmp_path: Path) -> None:
     c.call("GET", "/api/v1/api-tokens")
     c.call("DELETE", "/api/v1/api-tokens/{token_id}", f"/api/v1/api-tokens/{api_token['id']}")
 
+    blob = b"an os image" * 1000
+    art = "/api/v1/artifacts/{artifact_id}"
+    query = {"kind": "os-image", "name": "os", "version": "1.0"}
+    imported = c.call("POST", "/api/v1/artifacts", params=query, data=blob)
+    assert imported.status_code == 201, imported.text
+    art_id = imported.json()["id"]
+    assert c.call("POST", "/api/v1/artifacts", params=query, data=blob).status_code == 409
+    c.call("GET", "/api/v1/artifacts", params={"kind": "os-image"})
+    c.call("GET", art, f"/api/v1/artifacts/{art_id}")
+    content = f"/api/v1/artifacts/{art_id}/content"
+    assert c.call("GET", art + "/content", content, operator=False, cert=a_cert).content == blob
+    part = c.call("GET", art + "/content", content, headers={"Range": "bytes=100-"})
+    assert part.status_code == 206 and part.content == blob[100:]
+    past = c.call("GET", art + "/content", content, headers={"Range": f"bytes={len(blob)}-"})
+    assert past.status_code == 416
+    c.call("DELETE", art, f"/api/v1/artifacts/{art_id}")
+
     c.call("POST", dev + "/reset", f"/api/v1/devices/{b_id}/reset")
     c.call("DELETE", dev, f"/api/v1/devices/{b_id}")
     c.call("DELETE", "/api/v1/tokens/{token_id}", f"/api/v1/tokens/{tid}")

@@ -5,9 +5,10 @@ from __future__ import annotations
 from node_image.agent.reconcilers.base import Reconciler, ReconcilerFactory
 from node_image.agent.reconcilers.bundles import BundlesReconciler
 from node_image.agent.reconcilers.config import ConfigReconciler
+from node_image.agent.reconcilers.k3s import K3sReconciler
 from node_image.agent.state import StateDir
 
-REGISTRY: tuple[ReconcilerFactory, ...] = (ConfigReconciler, BundlesReconciler)
+REGISTRY: tuple[ReconcilerFactory, ...] = (ConfigReconciler, K3sReconciler, BundlesReconciler)
 
 
 def build(state: StateDir, registry: tuple[ReconcilerFactory, ...] = REGISTRY) -> list[Reconciler]:
@@ -18,6 +19,7 @@ __all__ = [
     "REGISTRY",
     "BundlesReconciler",
     "ConfigReconciler",
+    "K3sReconciler",
     "Reconciler",
     "ReconcilerFactory",
     "build",

@@ -23,6 +23,7 @@ import logging
 from collections.abc import Sequence
 
 from node_image.agent.context import ReconcileContext
+from node_image.agent.reconcilers import k3s
 from node_image.agent.reconcilers.managed_files import ManagedFiles, Outcome, Plan, Wanted
 from node_image.agent.state import StateDir
 from node_image.errors import AgentError
@@ -34,8 +35,8 @@ log = logging.getLogger(__name__)
 NAME = "bundles"
 #: K3s's auto-deploy directory on the server node.
 MANIFESTS = "/var/lib/rancher/k3s/server/manifests"
-#: Where the K3s installer puts the binary (its ``INSTALL_K3S_BIN_DIR`` default).
-K3S_BINARY = "/usr/local/bin/k3s"
+#: Where the K3s reconciler has the installer put the binary.
+K3S_BINARY = f"{k3s.BIN_DIR}/k3s"
 #: How long one ``kubectl delete`` may take.
 DELETE_TIMEOUT = 120.0
 
