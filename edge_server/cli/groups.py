@@ -13,6 +13,7 @@ from edge_server.cli import output
 from edge_server.cli.client import OperatorClient
 from edge_server.cli.errors import CliError
 from edge_server.cli.output import Column
+from registration import templating
 
 COLUMNS: list[Column] = [
     ("name", lambda g: g["name"]),
@@ -55,7 +56,8 @@ def parse_bundle(text: str) -> dict[str, Any]:
         except (OSError, UnicodeDecodeError) as e:
             raise CliError(f"cannot read {source}: {getattr(e, 'strerror', e)}") from e
     try:
-        documents = list(yaml.safe_load_all(value))
+        # Checked as a device would get it: placeholders (``${device.name}``) rendered.
+        documents = list(yaml.safe_load_all(templating.render_document(value, {})))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
