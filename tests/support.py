@@ -82,8 +82,11 @@ class Machine:
         return str(cert), str(key)
 
 
-def start_agent(state: Path, seed: Path, simulated: Path, log: Path) -> subprocess.Popen[bytes]:
-    """A real ``corral-agent run`` process on a simulated host, polling every 2 s."""
+def start_agent(
+    state: Path, seed: Path, simulated: Path, log: Path, *extra: str
+) -> subprocess.Popen[bytes]:
+    """A real ``corral-agent run`` process on a simulated host, polling every 2 s (with
+    ``extra`` arguments, e.g. ``--no-mqtt``)."""
     with log.open("ab") as out:
         return subprocess.Popen(
             [
@@ -97,6 +100,7 @@ def start_agent(state: Path, seed: Path, simulated: Path, log: Path) -> subproce
                 str(simulated),
                 "--poll-interval",
                 "2",
+                *extra,
             ],
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -103,6 +103,9 @@ class Agent:
         self._spec: SpecDocument | None = None
         self._etag: str | None = None
         self._status = AgentStatus()
+        #: A reconciler reported an interim condition since the last full report: the pass's
+        #: final conditions are reported even when they equal ``_status``'s.
+        self._interim = False
         self._nudge_acked = 0
         self._pull_now = True
         self._stopping = asyncio.Event()
@@ -384,8 +387,9 @@ class Agent:
     async def _reconcile(self, link: _Link, document: SpecDocument) -> None:
         conditions = [await self._run_one(r, document) for r in self._reconcilers]
         status = self._status
-        if not status.same_report(document.generation, conditions):
+        if self._interim or not status.same_report(document.generation, conditions):
             status = await self._report(link, document.generation, conditions)
+        self._interim = False
         t = self._timers
         if all(c.status != "Error" for c in conditions):
             t.retry_backoff.reset()
@@ -420,6 +424,7 @@ class Agent:
         conditions = [condition if c.type == condition.type else c for c in last]
         if condition not in conditions:
             conditions.append(condition)
+        self._interim = True
         await self._report(link, generation, conditions)
 
     async def _report(
