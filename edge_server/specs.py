@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from edge_server import artifact_refs, bundles, selectors
+from edge_server import artifact_refs, bundles, k3s_cluster, selectors
 from edge_server.store import groups as groups_store
 from edge_server.store import state as state_store
 from registration.desired import K3sSpec, OsSpec, Spec, SpecPatch
@@ -101,14 +101,18 @@ def recompute(db: Database, device_ids: Iterable[str] | None = None) -> list[Cha
     return the changes, for nudges. Runs inside a writer job."""
     layers = load_layers(db)
     ids = list(device_ids) if device_ids is not None else None
+    clusters = k3s_cluster.Clusters.load(db, layers, ids)  # K3s roles; may widen ids
+    ids = clusters.ids
     known = state_store.spec_states(db, ids)
     artifacts = artifact_refs.Resolver.load(db, ids)
+    renderer = bundles.Renderer.load(db, ids)
     changes: list[Change] = []
-    for device_id, name, labels in state_store.labels_of(db, ids):
+    for device_id, labels in state_store.labels_of(db, ids):
         old = known.get(device_id) or state_store.SpecState("", 0, {}, [], 0)
         spec, group_names = compute(layers, labels, old.override)
+        spec = clusters.place(device_id, spec)  # before artifacts: an agent's K3s version
         spec = artifacts.resolve(device_id, spec)  # server-resolved fields: artifact_refs
-        spec = bundles.render(spec, device_id, name, labels)
+        spec = renderer.render(device_id, labels, spec)  # bundles' ${device.name}, ...
         new_hash = spec_hash(spec)
         if new_hash == old.spec_hash:
             if group_names != old.groups:

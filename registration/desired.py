@@ -93,7 +93,8 @@ class Bundle(Document):
 #: join URL and token): a group or an override setting one is refused.
 SERVER_RESOLVED: dict[str, tuple[str, ...]] = {
     "os": ("image",),
-    "k3s": ("server_url", "token", "install_script", "binary", "images"),
+    # role: the cluster's (edge_server.k3s_cluster; the label corral.dev/k3s-role=server)
+    "k3s": ("role", "server_url", "token", "install_script", "binary", "images"),
 }
 
 

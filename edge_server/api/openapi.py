@@ -30,6 +30,8 @@ from registration.protocol import (
     GROUP_NAME_PATTERN,
     CertificateRenewRequest,
     CertificateRenewResponse,
+    K3sServerAck,
+    K3sServerReport,
     LabelPatch,
     RegisterRequest,
     RegisterResponse,
@@ -273,6 +275,16 @@ OPERATIONS: tuple[Operation, ...] = (
         DEVICE,
         CertificateRenewResponse,
         body=CertificateRenewRequest,
+    ),
+    Operation(
+        "post",
+        "/api/v1/devices/{device_id}/k3s",
+        "The cluster's K3s server node reports its join URL, token and version (mTLS); its"
+        " group's other devices then get them in their specs",
+        DEVICE,
+        K3sServerAck,
+        body=K3sServerReport,
+        errors=(409,),
     ),
     Operation("get", "/api/v1/stats", "Channel counters", OPERATOR, r.Stats),
     Operation(

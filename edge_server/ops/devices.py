@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from edge_server import selectors, specs
+from edge_server import k3s_cluster, selectors, specs
 from edge_server.errors import NotFound
 from edge_server.ops.changes import Actor, Changes, Done, Event
 from edge_server.ops.rows import Row
@@ -293,13 +293,19 @@ async def _revoke(
     action: str,
     verb: Callable[[Database, str], bool],
 ) -> Done[Revoked]:
-    def write(db: Database) -> None:
+    def write(db: Database) -> list[specs.Change]:
         if not verb(db, device_id):
             raise NotFound(f"no device {device_id}")
         audit(db, actor.name, f"device.{action}", device_id)
+        if action != "delete":
+            return []
+        # A deleted K3s server node: its cluster gets another one.
+        return specs.recompute(db, k3s_cluster.forget(db, device_id))
 
-    await store.write(write)
+    nudges = await store.write(write)
     return Done(
         Revoked(id=device_id, status=action),
-        Changes.of(Event(f"device.{action}", device_id, actor.name), revoked=[device_id]),
+        Changes.of(
+            Event(f"device.{action}", device_id, actor.name), nudges=nudges, revoked=[device_id]
+        ),
     )

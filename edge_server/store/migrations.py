@@ -191,6 +191,37 @@ def _artifacts(db: Database) -> None:
     )
 
 
+@migrations(name="0006_k3s_clusters")
+def _k3s_clusters(db: Database) -> None:
+    """K3s clusters, one per group that enables K3s (``edge_server.k3s_cluster``):
+    ``k3s_members`` is each device's cluster (its highest-precedence group with a K3s
+    version) and whether it carries the server label; ``k3s_clusters`` the chosen server node
+    (kept while it stays a member, so a new device never takes over); ``k3s_servers`` what a
+    server node reported: its join URL, token and running version."""
+    db.executescript(
+        """
+        CREATE TABLE k3s_members (
+            device_id TEXT PRIMARY KEY,
+            group_name TEXT NOT NULL,
+            wants_server INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX k3s_members_by_group ON k3s_members(group_name, device_id);
+        CREATE TABLE k3s_clusters (
+            group_name TEXT PRIMARY KEY,
+            server_id TEXT NOT NULL,
+            chosen_at REAL NOT NULL
+        );
+        CREATE TABLE k3s_servers (
+            device_id TEXT PRIMARY KEY,
+            server_url TEXT NOT NULL,
+            token TEXT NOT NULL,
+            version TEXT NOT NULL,
+            reported_at REAL NOT NULL
+        );
+        """
+    )
+
+
 # Before sqlite-utils' Migrations, applied versions were recorded in ``schema_migrations``.
 _LEGACY_NAMES = {1: "0001_initial", 2: "0002_desired_state"}
 

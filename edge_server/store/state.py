@@ -32,12 +32,14 @@ def device_rows(db: Database, columns: str, device_ids: Iterable[str] | None) ->
     return rows
 
 
-def labels_of(
-    db: Database, device_ids: Iterable[str] | None
-) -> list[tuple[str, str, dict[str, str]]]:
-    """(id, name, labels) of these devices, or of every device."""
-    rows = device_rows(db, "name, labels", device_ids)
-    return [(r[0], r[1], json.loads(r[2])) for r in rows]
+def labels_of(db: Database, device_ids: Iterable[str] | None) -> list[tuple[str, dict[str, str]]]:
+    """(id, labels) of these devices, or of every device."""
+    return [(r[0], json.loads(r[1])) for r in device_rows(db, "labels", device_ids)]
+
+
+def names_of(db: Database, device_ids: Iterable[str] | None) -> dict[str, str]:
+    """id → name of these devices, or of every device."""
+    return {r[0]: r[1] for r in device_rows(db, "name", device_ids)}
 
 
 def get(db: Database, device_id: str) -> dict[str, Any] | None:

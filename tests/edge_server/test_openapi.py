@@ -207,6 +207,16 @@ def test_live_answers_match_the_document(srv: Server, tmp_path: Path) -> None:
 
     group = {"name": "eu", "selector": "site=eu", "spec": {"k3s": {"version": "v1.30.0+k3s1"}}}
     assert c.call("POST", "/api/v1/groups", body=group).status_code == 201
+    # Both devices are in the eu cluster; the lower id is its K3s server node.
+    certs = {a_id: a_cert, b_id: b.write_identity(tmp_path / "b", reg_b)}
+    k3s_server, k3s_agent = sorted(certs)
+    report = {"server_url": "https://10.0.0.1:6443", "token": "K10x::server:y", "version": "v1"}
+    for device_id, status in ((k3s_server, 200), (k3s_agent, 409)):
+        reported = c.call(
+            "POST", dev + "/k3s", f"/api/v1/devices/{device_id}/k3s", body=report,
+            operator=False, cert=certs[device_id],
+        )  # fmt: skip
+        assert reported.status_code == status, reported.text
     c.call("GET", "/api/v1/groups")
     c.call("GET", "/api/v1/groups/{name}", "/api/v1/groups/eu")
     c.call("PATCH", "/api/v1/groups/{name}", "/api/v1/groups/eu", body={"priority": 5})

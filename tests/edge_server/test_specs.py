@@ -68,7 +68,7 @@ def test_higher_priority_wins_field_by_field_and_override_wins_last(db: Database
         0,
         SpecPatch(
             os=OsSpec(version="1.0", allow_downgrade=True),
-            k3s=K3sSpec(version="v1.30", role="agent"),
+            k3s=K3sSpec(version="v1.30"),
             config=[
                 ConfigFile(path="/etc/a", content="base"),
                 ConfigFile(path="/etc/b", content="b"),
@@ -92,7 +92,8 @@ def test_higher_priority_wins_field_by_field_and_override_wins_last(db: Database
     assert row["groups"] == ["base", "eu"]
     spec = row["spec"]
     assert spec["os"] == {"version": "2.0", "allow_downgrade": True, "image": None}
-    assert spec["k3s"]["version"] == "v1.30" and spec["k3s"]["role"] == "agent"
+    # The role is the cluster's: the group's only device is its server node.
+    assert spec["k3s"]["version"] == "v1.30" and spec["k3s"]["role"] == "server"
     assert [(f["path"], f["content"], f["mode"]) for f in spec["config"]] == [
         ("/etc/a", "eu", 0o600),
         ("/etc/b", "b", 0o644),
