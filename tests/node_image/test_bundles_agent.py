@@ -1,5 +1,6 @@
-"""Bundles end to end: a real server, a real ``corral-agent run`` process on a
-``SimulatedHost`` that is its group's K3s server node, the stand-in ``k3s``
+"""Bundles end to end: a real server with the stand-in K3s release in its mirror, two real
+``corral-agent run`` processes on ``SimulatedHost``s that form the group's K3s cluster (the
+one labelled ``corral.dev/k3s-role=server`` is the server node), the stand-in ``k3s``
 (``tests/fixtures/k3s/k3s``, which records every ``kubectl`` call), and the real ``corral`` CLI.
 
 A bundle added to the group appears, rendered for the device, in the node's auto-deploy
@@ -10,15 +11,19 @@ bundle is deleted through ``k3s kubectl delete -f`` and its file goes.
 from __future__ import annotations
 
 import json
-import shutil
 import sqlite3
+import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.support import REPO, Server, device, start_agent
+import pytest
+
+from tests.k3s_standins import path_with_standins, release
+from tests.support import Server, device, start_agent
 from tests.waiting import wait_until
 
-STANDIN = REPO / "tests" / "fixtures" / "k3s" / "k3s"
+VERSION = "v1.31.4+k3s1"
 MANIFESTS = Path("var/lib/rancher/k3s/server/manifests")
 
 APP = """\
@@ -31,6 +36,26 @@ data:
   node: ${device.name}
   site: ${labels.site}
 """
+
+
+@dataclass
+class Node:
+    """A real agent process on its simulated device."""
+
+    proc: subprocess.Popen[bytes]
+    state: Path
+    rootfs: Path
+    log: Path
+
+    def device_id(self) -> str:
+        identity = self.state / "identity.json"
+        return str(
+            wait_until(
+                "registration",
+                lambda: identity.exists() and json.loads(identity.read_text())["device_id"],
+                detail=self.log.read_text,
+            )
+        )
 
 
 def write_seed(server: Server, path: Path, **labels: str) -> Path:
@@ -53,63 +78,94 @@ def reported(server: Server, device_id: str) -> dict[str, dict[str, Any]]:
     return {c["type"]: c for c in device(server, device_id)["reported"]["conditions"]}
 
 
-def test_bundles_reach_the_server_node_drift_is_repaired_and_removal_deletes(
-    server: Server, tmp_path: Path
-) -> None:
-    app = tmp_path / "app.yaml"
-    app.write_text(APP)
-    # Until cluster formation names it, the group says which node is the K3s server.
-    server.corral(
-        "group", "create", "shop", "-l", "site=shop", "--k3s-role", "server",
-        "--bundle", f"app=@{app}",
-    )  # fmt: skip
+def import_release(server: Server, directory: Path) -> None:
+    """The stand-in K3s release, imported into the server's mirror."""
+    for kind, name, path, arch in release(VERSION, directory).files():
+        query = {"kind": kind, "name": name, "version": VERSION, **({"arch": arch} if arch else {})}
+        response = server.api("POST", "/api/v1/artifacts", params=query, data=path.read_bytes())
+        assert response.status_code == 201, response.text
 
-    state, simulated, log = tmp_path / "state", tmp_path / "device", tmp_path / "agent.log"
-    rootfs = simulated / "rootfs"
-    (rootfs / "usr/local/bin").mkdir(parents=True)
-    shutil.copy(STANDIN, rootfs / "usr/local/bin/k3s")
-    seed = write_seed(server, tmp_path / "seed.json", site="shop")
+
+def start(server: Server, tmp_path: Path, name: str, **labels: str) -> Node:
+    state, simulated = tmp_path / name / "state", tmp_path / name / "device"
+    seed = write_seed(server, tmp_path / f"{name}.json", site="shop", **labels)
+    log = tmp_path / f"{name}.log"
     # HTTPS polling every 2 s: each pass also looks for drift.
     proc = start_agent(state, seed, simulated, log, "--no-mqtt")
-    try:
-        identity = state / "identity.json"
-        device_id = str(
-            wait_until(
-                "registration",
-                lambda: identity.exists() and json.loads(identity.read_text())["device_id"],
-            )
-        )
-        name = device(server, device_id)["name"]
-        manifest = rootfs / MANIFESTS / "app.yaml"
+    return Node(proc, state, simulated / "rootfs", log)
 
-        # 1. The bundle appears, rendered for this device, and is reported Applied.
-        wait_until("the manifest", manifest.exists, detail=log.read_text)
+
+def test_bundles_reach_the_server_node_drift_is_repaired_and_removal_deletes(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import_release(server, tmp_path / "release")
+    app = tmp_path / "app.yaml"
+    app.write_text(APP)
+    server.corral(
+        "group", "create", "shop", "-l", "site=shop", "--k3s-version", VERSION,
+        "--bundle", f"app=@{app}",
+    )  # fmt: skip
+    monkeypatch.setenv("PATH", path_with_standins())  # the stand-in systemctl, for install.sh
+    nodes = [
+        start(server, tmp_path, "first", **{"corral.dev/k3s-role": "server"}),
+        start(server, tmp_path, "second"),
+    ]
+    try:
+        first, second = nodes
+        first_id, second_id = first.device_id(), second.device_id()
+        name = device(server, first_id)["name"]
+        manifest = first.rootfs / MANIFESTS / "app.yaml"
+
+        # 1. K3s formed the cluster; the bundle appears on the server node only, rendered for
+        #    it, and both report their bundles condition.
+        wait_until("the manifest", manifest.exists, timeout=120, detail=first.log.read_text)
         assert manifest.read_text() == APP.replace("${device.name}", name).replace(
             "${labels.site}", "shop"
         )
-        wait_until("in sync", lambda: device(server, device_id)["in_sync"])
-        wait_until("Applied", lambda: reported(server, device_id)["bundles"]["status"] == "Applied")
+        wait_until(
+            "both Ready",
+            lambda: all(reported(server, d)["k3s"]["status"] == "Ready" for d in nodes_ids(nodes)),
+            timeout=120,
+        )
+        assert reported(server, first_id)["bundles"]["status"] == "Applied"
+        other = reported(server, second_id)["bundles"]
+        assert (other["status"], other["message"]) == ("Applied", "not the K3s server node")
+        assert not (second.rootfs / MANIFESTS).exists()
         rendered = manifest.read_text()
 
         # 2. A hand edit: reported Modified, then repaired and Applied again.
         manifest.write_text(rendered.replace("site: shop", "site: hacked"))
-        wait_until("repaired", lambda: manifest.read_text() == rendered, detail=log.read_text)
+        wait_until("repaired", lambda: manifest.read_text() == rendered, detail=first.log.read_text)
         wait_until(
             "Modified reported",
-            lambda: any(c["status"] == "Modified" for c in bundle_conditions(server, device_id)),
+            lambda: any(c["status"] == "Modified" for c in bundle_conditions(server, first_id)),
         )
-        modified = [c for c in bundle_conditions(server, device_id) if c["status"] == "Modified"]
+        modified = [c for c in bundle_conditions(server, first_id) if c["status"] == "Modified"]
         assert modified[0]["reason"] == "Drift" and "app.yaml" in modified[0]["message"]
-        wait_until("Applied", lambda: reported(server, device_id)["bundles"]["status"] == "Applied")
+        wait_until("Applied", lambda: reported(server, first_id)["bundles"]["status"] == "Applied")
 
         # 3. Removed from the group: deleted through k3s kubectl, then the file goes.
         server.corral("group", "set", "shop", "--remove-bundle", "app")
-        wait_until("the manifest removed", lambda: not manifest.exists(), detail=log.read_text)
-        calls = (rootfs / "var/log/k3s-kubectl.log").read_text().splitlines()
-        assert calls == [f"delete --ignore-not-found -f {manifest}"]
-        wait_until("in sync", lambda: device(server, device_id)["in_sync"])
-        bundles = reported(server, device_id)["bundles"]
+        wait_until(
+            "the manifest removed", lambda: not manifest.exists(), detail=first.log.read_text
+        )
+        calls = (first.rootfs / "var/log/k3s-kubectl.log").read_text().splitlines()
+        assert f"delete --ignore-not-found -f {manifest}" in calls
+        assert not any(c.startswith("delete") for c in kubectl_calls(second))
+        wait_until("in sync", lambda: device(server, first_id)["in_sync"])
+        bundles = reported(server, first_id)["bundles"]
         assert (bundles["status"], bundles["message"]) == ("Applied", "0 bundle(s)")
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        for node in nodes:
+            node.proc.terminate()
+        for node in nodes:
+            node.proc.wait(timeout=30)
+
+
+def nodes_ids(nodes: list[Node]) -> list[str]:
+    return [node.device_id() for node in nodes]
+
+
+def kubectl_calls(node: Node) -> list[str]:
+    log = node.rootfs / "var/log/k3s-kubectl.log"
+    return log.read_text().splitlines() if log.exists() else []
