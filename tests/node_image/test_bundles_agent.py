@@ -11,6 +11,7 @@ bundle is deleted through ``k3s kubectl delete -f`` and its file goes.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import subprocess
 from dataclasses import dataclass
@@ -132,6 +133,15 @@ def test_bundles_reach_the_server_node_drift_is_repaired_and_removal_deletes(
         assert (other["status"], other["message"]) == ("Applied", "not the K3s server node")
         assert not (second.rootfs / MANIFESTS).exists()
         rendered = manifest.read_text()
+        # The operator sees each reconciler's condition and the installed K3s version.
+        shown = server.corral("device", "show", first_id).stdout.splitlines()
+        assert ["k3s", "installed:", VERSION] in [line.split() for line in shown], shown
+        assert any(line.split()[:2] == ["bundles:", "Applied"] for line in shown), shown
+        listed = server.corral("device", "list").stdout.splitlines()
+        header = re.split(r"\s{2,}", listed[0].strip())
+        rows = [dict(zip(header, re.split(r"\s{2,}", r.strip()), strict=True)) for r in listed[1:]]
+        assert sorted(r["K3S"] for r in rows) == [VERSION, VERSION]
+        assert all("bundles=Applied" in r["CONDITIONS"] for r in rows), rows
 
         # 2. A hand edit: reported Modified, then repaired and Applied again.
         manifest.write_text(rendered.replace("site: shop", "site: hacked"))
