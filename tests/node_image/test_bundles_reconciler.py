@@ -143,6 +143,14 @@ async def test_a_hand_edit_is_reported_modified_then_repaired(
     assert condition.status == "Applied"
     assert manifest(host, "web").read_text() == WEB.content
 
+    # A manifest removed by hand is drift too: reported, and written again.
+    manifest(host, "grafana").unlink()
+    reports = Reports()
+    condition = await reconciler.reconcile(server(WEB, CHART), ctx(host, state, reports))
+    assert [c.status for c in reports.conditions] == ["Modified"]
+    assert "grafana.yaml" in reports.conditions[0].message
+    assert condition.status == "Applied" and manifest(host, "grafana").read_text() == CHART.content
+
     # A change of the spec is not drift: rewritten without a Modified report.
     changed = WEB.model_copy(update={"content": WEB.content + "  labels: {tier: gold}\n"})
     reports = Reports()

@@ -43,8 +43,8 @@ class Wanted:
 
 @dataclass
 class Plan:
-    """What one pass must do. ``drifted``: managed files whose content differs from what was
-    written (a hand edit), each is also in ``write``."""
+    """What one pass must do. ``drifted``: managed files edited or removed since they were
+    written (by hand), each is also in ``write``."""
 
     before: dict[str, str]
     wanted: dict[str, Wanted]
@@ -130,8 +130,8 @@ class ManagedFiles:
                 continue
             plan.write.append(path)
             recorded = plan.before.get(path)
-            if current is not None and recorded and sha256(current.content) != recorded:
-                plan.drifted.append(path)
+            if recorded and (current is None or sha256(current.content) != recorded):
+                plan.drifted.append(path)  # edited or removed by hand
         return plan
 
     def apply(
