@@ -4,6 +4,7 @@ CLI, simulated machines, agents."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import uuid
 from dataclasses import dataclass, field
@@ -83,10 +84,15 @@ class Machine:
 
 
 def start_agent(
-    state: Path, seed: Path, simulated: Path, log: Path, *extra: str
+    state: Path,
+    seed: Path,
+    simulated: Path,
+    log: Path,
+    env: dict[str, str] | None = None,
+    extra: tuple[str, ...] = (),
 ) -> subprocess.Popen[bytes]:
-    """A real ``corral-agent run`` process on a simulated host, polling every 2 s (with
-    ``extra`` arguments, e.g. ``--no-mqtt``)."""
+    """A real ``corral-agent run`` process on a simulated host, polling every 2 s; ``env``
+    is added to this process's environment, ``extra`` to its arguments (``--no-mqtt``)."""
     with log.open("ab") as out:
         return subprocess.Popen(
             [
@@ -104,4 +110,5 @@ def start_agent(
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlite_utils import Database
 
@@ -30,16 +31,21 @@ class ServerReport:
 def members_of(db: Database, device_ids: Iterable[str] | None) -> dict[str, Member]:
     """device id → its cluster, for these devices (or every member)."""
     sql = "SELECT device_id, group_name, wants_server FROM k3s_members"
-    rows: list[tuple[str, str, int]] = []
-    if device_ids is None:
-        rows = db.execute(sql).fetchall()
-    else:
-        ids = list(device_ids)
-        for start in range(0, len(ids), CHUNK):
-            chunk = ids[start : start + CHUNK]
-            marks = ",".join("?" * len(chunk))
-            rows += db.execute(f"{sql} WHERE device_id IN ({marks})", chunk).fetchall()  # noqa: S608
+    rows = _select(db, sql, device_ids)
     return {r[0]: Member(r[1], bool(r[2])) for r in rows}
+
+
+def _select(db: Database, sql: str, device_ids: Iterable[str] | None) -> list[Any]:
+    """``sql`` for these devices (a ``WHERE device_id IN`` per chunk), or for all."""
+    if device_ids is None:
+        return list(db.execute(sql).fetchall())
+    ids = sorted(set(device_ids))
+    rows: list[Any] = []
+    for start in range(0, len(ids), CHUNK):
+        chunk = ids[start : start + CHUNK]
+        marks = ",".join("?" * len(chunk))
+        rows += db.execute(f"{sql} WHERE device_id IN ({marks})", chunk).fetchall()  # noqa: S608
+    return rows
 
 
 def set_member(db: Database, device_id: str, member: Member | None) -> None:
@@ -112,19 +118,8 @@ def set_server(db: Database, group: str, server_id: str | None) -> None:
 
 
 def reports(db: Database, device_ids: Iterable[str]) -> dict[str, ServerReport]:
-    ids = sorted(set(device_ids))
-    found: dict[str, ServerReport] = {}
-    for start in range(0, len(ids), CHUNK):
-        chunk = ids[start : start + CHUNK]
-        marks = ",".join("?" * len(chunk))
-        rows = db.execute(
-            "SELECT device_id, server_url, token, version FROM k3s_servers"  # noqa: S608
-            f" WHERE device_id IN ({marks})",
-            chunk,
-        )
-        for r in rows:
-            found[r[0]] = ServerReport(r[1], r[2], r[3])
-    return found
+    sql = "SELECT device_id, server_url, token, version FROM k3s_servers"
+    return {r[0]: ServerReport(r[1], r[2], r[3]) for r in _select(db, sql, device_ids)}
 
 
 def save_report(db: Database, device_id: str, report: ServerReport) -> bool:

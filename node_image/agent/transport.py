@@ -18,11 +18,12 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import aiomqtt
 import paho.mqtt.client as paho
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from node_image.errors import AgentError
 from registration.desired import (
@@ -43,6 +44,8 @@ from registration.protocol import (
 )
 
 log = logging.getLogger(__name__)
+
+_A = TypeVar("_A", bound=BaseModel)
 
 MQTTS_PORT = 8883
 
@@ -220,37 +223,27 @@ class ApiClient:
         return PulledSpec(document, reply.headers.get("etag"))
 
     async def post_status(self, batch: StatusBatch) -> StatusAck:
-        body = batch.model_dump_json().encode()
-        headers = {"Content-Type": "application/json"}
-        reply = await self._call("POST", "/status", body, headers)
-        self._check(reply, "POST status")
-        try:
-            return StatusAck.model_validate_json(reply.body)
-        except ValidationError as e:
-            raise ApiError(f"the server sent a status ack that does not validate: {e}") from e
+        return await self._post("/status", batch, StatusAck, "a status ack")
 
     async def renew_certificate(self, csr: str) -> CertificateRenewResponse:
         """``POST …/certificate``: a new certificate for ``csr``, signed while the current one
         is still valid (mTLS with it)."""
-        body = CertificateRenewRequest(csr=csr).model_dump_json().encode()
-        headers = {"Content-Type": "application/json"}
-        reply = await self._call("POST", "/certificate", body, headers)
-        self._check(reply, "POST certificate")
-        try:
-            return CertificateRenewResponse.model_validate_json(reply.body)
-        except ValidationError as e:
-            raise ApiError(f"the server sent a certificate that does not validate: {e}") from e
+        request = CertificateRenewRequest(csr=csr)
+        return await self._post("/certificate", request, CertificateRenewResponse, "a certificate")
 
     async def report_k3s_server(self, report: K3sServerReport) -> K3sServerAck:
         """``POST …/k3s``: this device, its group's K3s server node, says how to join it."""
-        body = report.model_dump_json().encode()
-        headers = {"Content-Type": "application/json"}
-        reply = await self._call("POST", "/k3s", body, headers)
-        self._check(reply, "POST k3s")
+        return await self._post("/k3s", report, K3sServerAck, "a k3s ack")
+
+    async def _post(self, path: str, document: BaseModel, answer: type[_A], what: str) -> _A:
+        """POST ``document`` as JSON to ``path``; the answer, validated as ``answer``."""
+        body = document.model_dump_json().encode()
+        reply = await self._call("POST", path, body, {"Content-Type": "application/json"})
+        self._check(reply, f"POST {path.lstrip('/')}")
         try:
-            return K3sServerAck.model_validate_json(reply.body)
+            return answer.model_validate_json(reply.body)
         except ValidationError as e:
-            raise ApiError(f"the server sent a k3s ack that does not validate: {e}") from e
+            raise ApiError(f"the server sent {what} that does not validate: {e}") from e
 
     async def reload_certificate(self, cert: Path, key: Path) -> None:
         """Present the certificate now in ``cert`` from the next handshake on: it is loaded

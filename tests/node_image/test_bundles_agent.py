@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.k3s_standins import path_with_standins, release
 from tests.support import Server, device, start_agent
 from tests.waiting import wait_until
@@ -92,12 +90,14 @@ def start(server: Server, tmp_path: Path, name: str, **labels: str) -> Node:
     seed = write_seed(server, tmp_path / f"{name}.json", site="shop", **labels)
     log = tmp_path / f"{name}.log"
     # HTTPS polling every 2 s: each pass also looks for drift.
-    proc = start_agent(state, seed, simulated, log, "--no-mqtt")
+    # The stand-in systemctl first on PATH, for install.sh.
+    env = {"PATH": path_with_standins()}
+    proc = start_agent(state, seed, simulated, log, env, extra=("--no-mqtt",))
     return Node(proc, state, simulated / "rootfs", log)
 
 
 def test_bundles_reach_the_server_node_drift_is_repaired_and_removal_deletes(
-    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    server: Server, tmp_path: Path
 ) -> None:
     import_release(server, tmp_path / "release")
     app = tmp_path / "app.yaml"
@@ -106,7 +106,6 @@ def test_bundles_reach_the_server_node_drift_is_repaired_and_removal_deletes(
         "group", "create", "shop", "-l", "site=shop", "--k3s-version", VERSION,
         "--bundle", f"app=@{app}",
     )  # fmt: skip
-    monkeypatch.setenv("PATH", path_with_standins())  # the stand-in systemctl, for install.sh
     nodes = [
         start(server, tmp_path, "first", **{"corral.dev/k3s-role": "server"}),
         start(server, tmp_path, "second"),
