@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from edge_server import artifact_refs, k3s_cluster, selectors
+from edge_server import artifact_refs, bundles, k3s_cluster, selectors
 from edge_server.store import groups as groups_store
 from edge_server.store import state as state_store
 from registration.desired import K3sSpec, OsSpec, Spec, SpecPatch
@@ -105,12 +105,14 @@ def recompute(db: Database, device_ids: Iterable[str] | None = None) -> list[Cha
     ids = clusters.ids
     known = state_store.spec_states(db, ids)
     artifacts = artifact_refs.Resolver.load(db, ids)
+    renderer = bundles.Renderer.load(db, ids)
     changes: list[Change] = []
     for device_id, labels in state_store.labels_of(db, ids):
         old = known.get(device_id) or state_store.SpecState("", 0, {}, [], 0)
         spec, group_names = compute(layers, labels, old.override)
         spec = clusters.place(device_id, spec)  # before artifacts: an agent's K3s version
         spec = artifacts.resolve(device_id, spec)  # server-resolved fields: artifact_refs
+        spec = renderer.render(device_id, labels, spec)  # bundles' ${device.name}, ...
         new_hash = spec_hash(spec)
         if new_hash == old.spec_hash:
             if group_names != old.groups:

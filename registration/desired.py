@@ -145,6 +145,8 @@ class SpecDocument(Document):
 
 ConditionStatus = Literal[
     "Applied",
+    # Drift found (a managed file changed by hand), then repaired.
+    "Modified",
     "Pending",
     "Progressing",
     "Error",
@@ -165,6 +167,9 @@ class Condition(Document):
     status: ConditionStatus
     reason: str = Field(default="", max_length=128)
     message: str = Field(default="", max_length=2048)
+    #: The version installed of what this reconciler manages (``os``: the OS, ``k3s``: K3s),
+    #: when it manages something versioned and knows it.
+    version: str | None = Field(default=None, max_length=128)
 
 
 class StatusEvent(Document):

@@ -86,3 +86,32 @@ def render_labels(templates: dict[str, str], values: dict[str, str]) -> dict[str
             if "${" not in template:
                 raise
     return out
+
+
+# Bundles (Kubernetes YAML, HelmChart objects) are rendered per device with their own
+# placeholders; any other ``${...}`` (a shell variable in a ConfigMap, say) is left alone.
+_DOCUMENT_PLACEHOLDER = re.compile(
+    r"\$\{(labels\.[A-Za-z0-9_./-]+|device\.name|device\.id)(?::(\d{1,2}))?\}"
+)
+
+
+def document_values(device_id: str, name: str, labels: dict[str, str]) -> dict[str, str]:
+    """What a bundle's placeholders draw on: ``device.id``, ``device.name``, ``labels.<key>``."""
+    values = {"device.id": device_id, "device.name": name}
+    values.update({f"labels.{key}": value for key, value in labels.items()})
+    return values
+
+
+def render_document(text: str, values: dict[str, str]) -> str:
+    """Substitute ``${labels.<key>}``, ``${device.name}`` and ``${device.id}`` (``:N`` keeps
+    the first N characters). Each value is sanitised to ``[A-Za-z0-9._-]``, so it cannot
+    change a YAML document's structure (no quotes, colons, ``#``, spaces or newlines); a
+    missing label renders empty."""
+
+    def replace(match: re.Match[str]) -> str:
+        value = values.get(match.group(1), "")
+        if match.group(2):
+            value = value[: int(match.group(2))]
+        return sanitise(value)
+
+    return _DOCUMENT_PLACEHOLDER.sub(replace, text)

@@ -112,10 +112,15 @@ class Machine:
 
 
 def start_agent(
-    state: Path, seed: Path, simulated: Path, log: Path, env: dict[str, str] | None = None
+    state: Path,
+    seed: Path,
+    simulated: Path,
+    log: Path,
+    env: dict[str, str] | None = None,
+    extra: tuple[str, ...] = (),
 ) -> subprocess.Popen[bytes]:
     """A real ``corral-agent run`` process on a simulated host, polling every 2 s; ``env``
-    is added to this process's environment."""
+    is added to this process's environment, ``extra`` to its arguments (``--no-mqtt``)."""
     with log.open("ab") as out:
         return subprocess.Popen(
             [
@@ -129,6 +134,7 @@ def start_agent(
                 str(simulated),
                 "--poll-interval",
                 "2",
+                *extra,
             ],
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -15,12 +15,25 @@ def _conditions(d: dict[str, Any]) -> str:
     return ",".join(f"{c['type']}={c['status']}" for c in d.get("conditions") or []) or "-"
 
 
+def installed(d: dict[str, Any], kind: str) -> str | None:
+    """The installed version of ``kind`` (``os``, ``k3s``) its reconciler last reported."""
+    conditions = d.get("conditions")
+    if conditions is None:
+        conditions = (d.get("reported") or {}).get("conditions")
+    for c in conditions or []:
+        if c.get("type") == kind and c.get("version"):
+            return str(c["version"])
+    return None
+
+
 COLUMNS: list[Column] = [
     ("id", lambda d: d["id"]),
     ("name", lambda d: d["name"]),
     ("state", lambda d: "online" if d.get("online") else "offline"),
     ("gen", lambda d: f"{d.get('observed_generation', 0)}/{d.get('generation', 0)}"),
     ("conditions", _conditions),
+    ("os", lambda d: installed(d, "os") or "-"),
+    ("k3s", lambda d: installed(d, "k3s") or "-"),
     ("last seen", lambda d: output.when(d.get("last_seen"))),
     ("cpus", lambda d: d["facts"]["cpu"]["count"]),
     ("memory", lambda d: f"{d['facts']['memory']['total_bytes'] // 2**20} MiB"),
@@ -43,7 +56,8 @@ def list_(args: argparse.Namespace, api: OperatorClient) -> None:
 
 
 def _condition(c: dict[str, Any]) -> str:
-    return " ".join(filter(None, [c["status"], c.get("reason"), c.get("message")]))
+    version = f"(version {c['version']})" if c.get("version") else None
+    return " ".join(filter(None, [c["status"], c.get("reason"), c.get("message"), version]))
 
 
 def _label_lines(d: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -118,6 +132,8 @@ def view(d: dict[str, Any]) -> list[output.Section]:
             [
                 ("generation", f"desired {generation}, observed {observed} ({sync})"),
                 *_spec_summary(desired.get("spec")),
+                ("os installed", installed(d, "os") or "unknown"),
+                ("k3s installed", installed(d, "k3s") or "unknown"),
                 ("override", "yes" if d.get("override") else "none"),
                 ("last status", output.when(reported.get("status_at"))),
                 ("acked seq", reported.get("acked_seq")),
@@ -125,13 +141,7 @@ def view(d: dict[str, Any]) -> list[output.Section]:
         ),
         (
             "Conditions",
-            [
-                (
-                    c["type"],
-                    " ".join(filter(None, [c["status"], c.get("reason"), c.get("message")])),
-                )
-                for c in reported.get("conditions") or []
-            ],
+            [(c["type"], _condition(c)) for c in reported.get("conditions") or []],
         ),
         (
             "Certificates",

@@ -7,10 +7,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from edge_server.cli import output
 from edge_server.cli.client import OperatorClient
 from edge_server.cli.errors import CliError
 from edge_server.cli.output import Column
+from registration import templating
 
 COLUMNS: list[Column] = [
     ("name", lambda g: g["name"]),
@@ -19,6 +22,7 @@ COLUMNS: list[Column] = [
     ("os", lambda g: (g["spec"].get("os") or {}).get("version")),
     ("k3s", lambda g: (g["spec"].get("k3s") or {}).get("version")),
     ("files", lambda g: len(g["spec"].get("config") or [])),
+    ("bundles", lambda g: len(g["spec"].get("bundles") or [])),
 ]
 
 
@@ -37,6 +41,39 @@ def parse_file(text: str, mode: str | None) -> dict[str, Any]:
     except ValueError as e:
         raise CliError(f"bad --mode {mode!r}", hint="octal, e.g. 0640") from e
     return {"path": path, "mode": file_mode, "content": value}
+
+
+def parse_bundle(text: str) -> dict[str, Any]:
+    """``NAME=@file.yaml`` (or ``NAME=inline yaml``): a bundle, checked to be YAML."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise CliError(f"bad --bundle {text!r}", hint="use NAME=@file.yaml")
+    source = "the --bundle value"
+    if value.startswith("@"):
+        source = value[1:]
+        try:
+            value = Path(source).read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise CliError(f"cannot read {source}: {getattr(e, 'strerror', e)}") from e
+    try:
+        # Checked as a device would get it: placeholders (``${device.name}``) rendered.
+        documents = list(yaml.safe_load_all(templating.render_document(value, {})))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise CliError(
+            f"bundle {name}: {source} is not YAML{where}: {problem}",
+            hint="a bundle is Kubernetes YAML or a HelmChart object",
+        ) from e
+    if not any(isinstance(d, dict) for d in documents) or any(
+        d is not None and not isinstance(d, dict) for d in documents
+    ):
+        raise CliError(
+            f"bundle {name}: {source} holds no Kubernetes objects",
+            hint="each YAML document must be a mapping (apiVersion, kind, metadata, ...)",
+        )
+    return {"name": name, "content": value}
 
 
 def apply_flags(spec: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
@@ -64,8 +101,14 @@ def apply_flags(spec: dict[str, Any], args: argparse.Namespace) -> dict[str, Any
             new = parse_file(text, args.mode)
             files[new["path"]] = new
         spec["config"] = [files[p] for p in sorted(files)]
-    if args.clear_bundles:
-        spec["bundles"] = []
+    if args.bundle or args.remove_bundle or args.clear_bundles:
+        bundles = {} if args.clear_bundles else {b["name"]: b for b in spec.get("bundles") or []}
+        for name in args.remove_bundle:
+            bundles.pop(name, None)
+        for text in args.bundle:
+            new = parse_bundle(text)
+            bundles[new["name"]] = new
+        spec["bundles"] = [bundles[n] for n in sorted(bundles)]
     return spec
 
 
@@ -78,11 +121,24 @@ def add_spec_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", help="octal mode for the --file entries (default 0644)")
     p.add_argument("--remove-file", action="append", default=[], metavar="PATH")
     p.add_argument("--clear-files", action="store_true")
+    p.add_argument(
+        "--bundle",
+        action="append",
+        default=[],
+        metavar="NAME=@FILE",
+        help="a bundle (Kubernetes YAML or HelmChart) from a file; repeatable",
+    )
+    p.add_argument("--remove-bundle", action="append", default=[], metavar="NAME")
     p.add_argument("--clear-bundles", action="store_true")
 
 
 def create(args: argparse.Namespace, api: OperatorClient) -> None:
-    body = {"name": args.name, "selector": args.selector or "", "priority": args.priority}
+    body = {
+        "name": args.name,
+        "selector": args.selector or "",
+        "priority": args.priority,
+        "spec": apply_flags({}, args),
+    }
     output.emit(api.request("POST", "/api/v1/groups", body), args.output, COLUMNS)
 
 
@@ -118,6 +174,7 @@ def add_parser(sub: argparse._SubParsersAction[Any], common: argparse.ArgumentPa
     c.add_argument("name")
     c.add_argument("--selector", "-l", default="", help="label selector, e.g. site=eu,tier!=lab")
     c.add_argument("--priority", type=int, default=0, help="higher wins")
+    add_spec_flags(c)
     c.set_defaults(func=create)
     s = verbs.add_parser("set", parents=[common], help="change a group's desired state")
     s.add_argument("name")

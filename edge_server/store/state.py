@@ -37,6 +37,11 @@ def labels_of(db: Database, device_ids: Iterable[str] | None) -> list[tuple[str,
     return [(r[0], json.loads(r[1])) for r in device_rows(db, "labels", device_ids)]
 
 
+def names_of(db: Database, device_ids: Iterable[str] | None) -> dict[str, str]:
+    """id → name of these devices, or of every device."""
+    return {r[0]: r[1] for r in device_rows(db, "name", device_ids)}
+
+
 def get(db: Database, device_id: str) -> dict[str, Any] | None:
     rows = list(db.query("SELECT * FROM device_state WHERE device_id = ?", (device_id,)))
     return loads_columns(dict(rows[0]), *JSON_COLUMNS) if rows else None

@@ -17,6 +17,7 @@ connected and over HTTPS when not, or when MQTT does not acknowledge it in time.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
@@ -102,6 +103,9 @@ class Agent:
         self._spec: SpecDocument | None = None
         self._etag: str | None = None
         self._status = AgentStatus()
+        #: A reconciler reported an interim condition since the last full report: the pass's
+        #: final conditions are reported even when they equal ``_status``'s.
+        self._interim = False
         self._nudge_acked = 0
         self._pull_now = True
         self._stopping = asyncio.Event()
@@ -383,8 +387,9 @@ class Agent:
     async def _reconcile(self, link: _Link, document: SpecDocument) -> None:
         conditions = [await self._run_one(r, document) for r in self._reconcilers]
         status = self._status
-        if not status.same_report(document.generation, conditions):
+        if self._interim or not status.same_report(document.generation, conditions):
             status = await self._report(link, document.generation, conditions)
+        self._interim = False
         t = self._timers
         if all(c.status != "Error" for c in conditions):
             t.retry_backoff.reset()
@@ -398,11 +403,29 @@ class Agent:
             self._changed.notify_all()
 
     async def _run_one(self, reconciler: Reconciler, document: SpecDocument) -> Condition:
-        # Seams (issue 7): Progressing reports and running the pass as a task come next.
-        outbox = self._link.outbox if self._link else None
-        api = self._link.api if self._link else None
-        ctx = ReconcileContext(reconciler.name, self.host, self.state, outbox=outbox, api=api)
+        # Seams (issue 7): running the pass as a task comes next.
+        link = self._link
+        ctx = ReconcileContext(
+            reconciler.name,
+            self.host,
+            self.state,
+            report=functools.partial(self._report_interim, link, document.generation)
+            if link
+            else None,
+            outbox=link.outbox if link else None,
+            api=link.api if link else None,
+        )
         return await run_reconcile(reconciler, document.spec, ctx)
+
+    async def _report_interim(self, link: _Link, generation: int, condition: Condition) -> None:
+        """A reconciler's condition before its pass ends (``Progressing``, ``Modified``),
+        reported with the other conditions as last reported."""
+        last = list(self._status.conditions)
+        conditions = [condition if c.type == condition.type else c for c in last]
+        if condition not in conditions:
+            conditions.append(condition)
+        self._interim = True
+        await self._report(link, generation, conditions)
 
     async def _report(
         self, link: _Link, generation: int, conditions: list[Condition]

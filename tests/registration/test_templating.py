@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from registration import templating
 from registration.errors import TemplateError
@@ -48,3 +49,33 @@ def test_label_that_renders_empty_is_dropped() -> None:
     empty = templating.context(Facts(), {})
     labels = templating.render_labels({"serial": "${dmi.board_serial}", "tier": "prod"}, empty)
     assert labels == {"tier": "prod"}
+
+
+BUNDLE = """\
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: site-${labels.site}
+  labels: {device: ${device.id:12}}
+data:
+  node: ${device.name}
+  script: echo ${HOME} ${labels.missing}
+"""
+
+
+def test_a_bundle_is_rendered_for_its_device_and_other_placeholders_are_left_alone() -> None:
+    values = templating.document_values("dev-0123456789abcdef", "edge-1", {"site": "eu"})
+    rendered = templating.render_document(BUNDLE, values)
+    assert "name: site-eu\n" in rendered
+    assert "labels: {device: dev-01234567}" in rendered
+    assert "node: edge-1\n" in rendered
+    assert "script: echo ${HOME} \n" in rendered  # not ours; a missing label is empty
+
+
+def test_hostile_label_values_cannot_change_the_yaml_structure() -> None:
+    hostile = 'eu"\n  evil: true\nkind: Secret # x: {y}'
+    values = templating.document_values("dev-1", "edge-1", {"site": hostile})
+    document = yaml.safe_load(templating.render_document(BUNDLE, values))
+    assert document["kind"] == "ConfigMap"
+    assert set(document["metadata"]) == {"name", "labels"}
+    assert document["metadata"]["name"] == "site-eu-evil-true-kind-Secret-x-y"

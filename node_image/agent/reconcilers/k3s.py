@@ -162,9 +162,10 @@ class K3sReconciler:
                 "Installed",
                 "NodeNotReady",
                 f"k3s {plan.version} {plan.role}; node {node} not Ready",
+                plan.version,
             )
         return _condition(
-            "Ready", "NodeReady", f"k3s {plan.version} {plan.role}; node {node} Ready"
+            "Ready", "NodeReady", f"k3s {plan.version} {plan.role}; node {node} Ready", plan.version
         )
 
     # --- the record of what is installed ----------------------------------------------
@@ -460,9 +461,15 @@ def _sha256(text: str | None) -> str | None:
     return hashlib.sha256(text.encode()).hexdigest() if text is not None else None
 
 
-def _condition(status: str, reason: str, message: str) -> Condition:
+def _condition(status: str, reason: str, message: str, version: str | None = None) -> Condition:
     return Condition.model_validate(
-        {"type": NAME, "status": status, "reason": reason, "message": message[:2048]}
+        {
+            "type": NAME,
+            "status": status,
+            "reason": reason,
+            "message": message[:2048],
+            "version": version,
+        }
     )
 
 
