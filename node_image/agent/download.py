@@ -8,8 +8,9 @@ does not know it, against the server's ``Content-Length``/``Content-Range`` befo
 stopped (``Range: bytes=N-``), in the same call or, after a restart of the agent, from the
 ``.part`` file left on disk. Nothing is held in memory beyond one chunk.
 
-The source is any HTTPS URL, fetched with the agent's one HTTPS client
-(:class:`node_image.agent.transport.Https`, on ``http.client``) and the agent's client TLS
+The source is any HTTPS URL (or plain HTTP: the bytes are verified either way), fetched with
+the agent's one HTTPS client (:class:`node_image.agent.transport.Https`, on ``http.client``)
+and the agent's client TLS
 context (mTLS to the Corral server's artifact mirror). Network reads and file work run in
 threads, one chunk at a time, so a 300 MB download never blocks the event loop.
 """
@@ -219,7 +220,8 @@ class Downloader:
         if offset:
             headers["Range"] = f"bytes={offset}-"
         parts = urlsplit(url)
-        client = Https(f"https://{parts.netloc}", self._context, self.options.read_timeout)
+        origin = f"{parts.scheme}://{parts.netloc}"
+        client = Https(origin, self._context, self.options.read_timeout, plain=True)
         path = parts.path + (f"?{parts.query}" if parts.query else "")
         conn, resp = await asyncio.to_thread(client.stream, path, headers)
         try:

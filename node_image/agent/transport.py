@@ -130,17 +130,23 @@ class Https:
     calls it directly.
     """
 
-    def __init__(self, url: str, context: ssl.SSLContext, timeout: float = 30.0) -> None:
+    def __init__(
+        self, url: str, context: ssl.SSLContext, timeout: float = 30.0, *, plain: bool = False
+    ) -> None:
+        """``plain`` also allows an ``http://`` URL: only for downloads, whose bytes are
+        verified by sha256 and signature whatever carries them."""
         parts = urlsplit(url)
-        if parts.scheme != "https" or not parts.hostname:
+        schemes = ("https", "http") if plain else ("https",)
+        if parts.scheme not in schemes or not parts.hostname:
             raise AgentError(f"API endpoint {url!r} must be an https:// URL")
         self.url = url.rstrip("/")
+        self._plain = parts.scheme == "http"
         self._host = parts.hostname
-        self._port = parts.port or 443
+        self._port = parts.port or (80 if self._plain else 443)
         self._prefix = parts.path.rstrip("/")
         self._context = context
         self._timeout = timeout
-        self._conn: http.client.HTTPSConnection | None = None
+        self._conn: http.client.HTTPConnection | None = None
 
     def request(
         self,
@@ -152,9 +158,7 @@ class Https:
         url = self._prefix + path
         for attempt in range(2):
             reused = self._conn is not None
-            conn = self._conn or http.client.HTTPSConnection(
-                self._host, self._port, timeout=self._timeout, context=self._context
-            )
+            conn = self._conn or self._connect()
             self._conn = None
             try:
                 conn.request(method, url, body=body, headers=headers or {})
@@ -177,19 +181,24 @@ class Https:
 
     def stream(
         self, path: str, headers: dict[str, str]
-    ) -> tuple[http.client.HTTPSConnection, http.client.HTTPResponse]:
+    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
         """``GET path`` on a connection of its own, whose body the caller reads in chunks and
         then closes (blocking). For downloads: nothing is held in memory. Raises ``ApiError``
         when no answer comes."""
-        conn = http.client.HTTPSConnection(
-            self._host, self._port, timeout=self._timeout, context=self._context
-        )
+        conn = self._connect()
         try:
             conn.request("GET", self._prefix + path, headers=headers)
             return conn, conn.getresponse()
         except (OSError, http.client.HTTPException) as e:
             conn.close()
             raise ApiError(f"GET {self.url}{path}: {e}") from e
+
+    def _connect(self) -> http.client.HTTPConnection:
+        if self._plain:
+            return http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
+        return http.client.HTTPSConnection(
+            self._host, self._port, timeout=self._timeout, context=self._context
+        )
 
     def reload_certificate(self, cert: Path, key: Path) -> None:
         """Present the certificate in ``cert`` from the next handshake on (blocking): it is
