@@ -120,6 +120,7 @@ def test_an_os_update_goes_a_to_b_and_reports_healthy_and_a_failing_check_rolls_
 
         healthy = d["good"].wait_os("Healthy")
         assert healthy["message"] == "os 2.0 on slot B"
+        assert healthy["version"] == "2.0"  # what device show and list print
         assert d["good"].boot()["slot"] == "B" and d["good"].boot()["boots"] == 2
         assert d["good"].grubenv() == {"corral_slot": "B"}
 
@@ -128,6 +129,7 @@ def test_an_os_update_goes_a_to_b_and_reports_healthy_and_a_failing_check_rolls_
         assert "kiosk.service did not start" in rolled["message"]
         assert d["bad"].boot()["slot"] == "A" and d["bad"].boot()["boots"] == 3
         assert d["bad"].grubenv() == {"corral_slot": "A"}
+        assert rolled["version"] == "1.0"  # the old slot's version runs again
         assert device(server, d["good"].device_id)["in_sync"]
 
 

@@ -149,6 +149,12 @@ class OsUpdateReconciler:
     # --- the procedure ----------------------------------------------------------------
 
     async def reconcile(self, spec: Spec, ctx: ReconcileContext) -> Condition:
+        condition = await self._reconcile(spec, ctx)
+        # Every answer carries the installed version (device show/list show it).
+        st = await asyncio.to_thread(self.load, ctx.host)
+        return condition.model_copy(update={"version": st.installed or None})
+
+    async def _reconcile(self, spec: Spec, ctx: ReconcileContext) -> Condition:
         st = await asyncio.to_thread(self.load, ctx.host)
         if st.pending is not None:
             return await self._resume(st, st.pending, spec, ctx)
