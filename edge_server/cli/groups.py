@@ -79,20 +79,16 @@ def parse_bundle(text: str) -> dict[str, Any]:
 def apply_flags(spec: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """Apply ``corral group set``/``device override`` flags to a spec patch."""
     spec = dict(spec)
-    if args.os_version is not None or args.os_artifact is not None:
+    if args.os_version is not None or args.allow_downgrade is not None:
         os_spec = dict(spec.get("os") or {})
         if args.os_version is not None:
             os_spec["version"] = args.os_version
-        if args.os_artifact is not None:
-            os_spec["artifact"] = args.os_artifact
+        if args.allow_downgrade is not None:
+            os_spec["allow_downgrade"] = args.allow_downgrade
         spec["os"] = os_spec
-    if args.k3s_version is not None or args.k3s_role is not None:
-        k3s = dict(spec.get("k3s") or {})
-        if args.k3s_version is not None:
-            k3s["version"] = args.k3s_version
-        if args.k3s_role is not None:
-            k3s["role"] = args.k3s_role
-        spec["k3s"] = k3s
+    if args.k3s_version is not None:
+        # The K3s role is the server's to decide (label a device corral.dev/k3s-role=server).
+        spec["k3s"] = {**(spec.get("k3s") or {}), "version": args.k3s_version}
     if args.file or args.remove_file or args.clear_files:
         files = {} if args.clear_files else {f["path"]: f for f in spec.get("config") or []}
         for path in args.remove_file:
@@ -114,9 +110,13 @@ def apply_flags(spec: dict[str, Any], args: argparse.Namespace) -> dict[str, Any
 
 def add_spec_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--os-version")
-    p.add_argument("--os-artifact")
+    p.add_argument(
+        "--allow-downgrade",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="let the OS version go below the installed one",
+    )
     p.add_argument("--k3s-version")
-    p.add_argument("--k3s-role", choices=["server", "agent", "auto"])
     p.add_argument("--file", action="append", default=[], help="/path=content or /path=@local")
     p.add_argument("--mode", help="octal mode for the --file entries (default 0644)")
     p.add_argument("--remove-file", action="append", default=[], metavar="PATH")

@@ -185,3 +185,21 @@ def test_device_show_and_list_show_conditions_and_installed_versions(
     others = [row for key, row in rows.items() if key != device_id]
     assert [(r["OS"], r["K3S"], r["CONDITIONS"]) for r in others] == [("-", "-", "-")]
     assert quiet.dmi_uuid  # the second device is listed too
+
+
+def test_os_flags_set_version_and_downgrade_and_resolved_fields_stay_the_servers(
+    server: Server,
+) -> None:
+    """``--os-version``/``--allow-downgrade`` reach the group's spec; what the server resolves
+    (the image, the K3s role) has no flag."""
+    server.corral("group", "create", "fleet", "-l", "site=eu")
+    server.corral("group", "set", "fleet", "--os-version", "2.0", "--allow-downgrade")
+    spec = json.loads(server.corral("group", "show", "fleet", "-o", "json").stdout)["spec"]
+    assert spec["os"] == {"version": "2.0", "allow_downgrade": True}
+    server.corral("group", "set", "fleet", "--no-allow-downgrade", "--k3s-version", "v1.31.4+k3s1")
+    spec = json.loads(server.corral("group", "show", "fleet", "-o", "json").stdout)["spec"]
+    assert spec["os"] == {"version": "2.0", "allow_downgrade": False}
+    assert spec["k3s"] == {"version": "v1.31.4+k3s1"}
+    for flag in ("--os-artifact", "--k3s-role"):
+        refused = server.corral("group", "set", "fleet", flag, "x", check=False)
+        assert refused.returncode != 0 and "unrecognized arguments" in refused.stderr
