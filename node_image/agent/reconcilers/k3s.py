@@ -44,7 +44,6 @@ from node_image.commands import CommandError
 from node_image.errors import AgentError
 from registration.artifacts import ArtifactRef, verify_ref
 from registration.desired import Condition, K3sSpec, Spec
-from registration.protocol import K3sServerReport
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +197,8 @@ class K3sReconciler:
     async def _report_server(self, ctx: ReconcileContext, plan: Plan) -> None:
         token = await asyncio.to_thread(_node_token, ctx)
         url = await asyncio.to_thread(_server_url, ctx)
+        from registration.protocol import K3sServerReport  # only the server node sends one
+
         report = K3sServerReport(server_url=url, token=token, version=plan.version)
         reported = {"server_url": url, "token_sha256": _sha256(token), "version": plan.version}
         if (await asyncio.to_thread(self._load)).get("reported") == reported:
