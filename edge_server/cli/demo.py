@@ -20,7 +20,13 @@ from aiohttp import web
 
 from edge_server import bootstrap
 from edge_server.app import create_app
-from edge_server.cli.serve import add_mqtt_arguments, announce, http_log, settings_from_args
+from edge_server.cli.serve import (
+    MAX_REQUEST_LINE,
+    add_mqtt_arguments,
+    announce,
+    http_log,
+    settings_from_args,
+)
 from edge_server.errors import Conflict
 from edge_server.keys import CA, NOTIFIER, STORE
 from edge_server.ops import Actor
@@ -100,7 +106,9 @@ async def demo(settings: Settings, count: int) -> None:
     from registration import tokens
 
     app = create_app(settings)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=10, logger=http_log)
+    runner = web.AppRunner(
+        app, access_log=None, shutdown_timeout=10, logger=http_log, max_line_size=MAX_REQUEST_LINE
+    )
     await runner.setup()
     ssl_context = app[SERVER_CERTS].https
     site = web.TCPSite(runner, settings.host or None, settings.port, ssl_context=ssl_context)

@@ -41,6 +41,10 @@ class OneLineProtocolErrors(logging.Filter):
 http_log = logging.getLogger("edge_server.http")
 http_log.addFilter(OneLineProtocolErrors())
 
+#: The request line may be this long (aiohttp's default, 8 KiB, answers a long label selector
+#: with its own plain-text 400): the selector's term cap then answers with a JSON error.
+MAX_REQUEST_LINE = 64 * 1024
+
 
 def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser("serve", help="run the Corral server")
@@ -121,7 +125,12 @@ async def serve_until_signalled(settings: Settings) -> None:
     systemd and shells may all send one)."""
     app = create_app(settings)
     runner = web.AppRunner(
-        app, access_log=None, shutdown_timeout=10, keepalive_timeout=15, logger=http_log
+        app,
+        access_log=None,
+        shutdown_timeout=10,
+        keepalive_timeout=15,
+        logger=http_log,
+        max_line_size=MAX_REQUEST_LINE,
     )
     await runner.setup()
     site = web.TCPSite(
