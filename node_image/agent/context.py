@@ -10,6 +10,9 @@ task (a 300 MB download, an install) leaves the loop free for nudges, pulls and 
 sending. A reconcile that runs past its timeout is cancelled and reported as ``Error`` /
 ``TimedOut``; a thread it started (a command) runs on until its own timeout, so long
 commands pass one (``time_limit``) to :meth:`ReconcileContext.run`.
+
+The daemon cancels a pass that a newer spec has superseded (:class:`Supersede`), but never
+inside ``async with ctx.critical():``: there the cancel waits until the block ends.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import asyncio
 import logging
 import math
 import ssl
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -45,6 +49,36 @@ ProgressSink = Callable[[Condition], Awaitable[None]]
 DEFAULT_TIMEOUT = 3600.0
 
 
+class Supersede:
+    """Cancels one reconcile pass when a newer spec supersedes it, at a safe point: at once,
+    or when the pass leaves its critical sections (:meth:`ReconcileContext.critical`)."""
+
+    def __init__(self) -> None:
+        self._task: asyncio.Task[object] | None = None
+        self._depth = 0
+        self._wanted = False
+
+    def bind(self, task: asyncio.Task[object]) -> None:
+        """The pass's task (set once it is created)."""
+        self._task = task
+
+    def request(self) -> None:
+        """Cancel the pass now, or as soon as it leaves its critical sections."""
+        self._wanted = True
+        if self._depth == 0 and self._task is not None:
+            self._task.cancel()
+
+    @asynccontextmanager
+    async def critical(self) -> AsyncIterator[None]:
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if self._depth == 0 and self._wanted and self._task is not None:
+                self._task.cancel()  # raised at the pass's next await
+
+
 @dataclass
 class ReconcileContext:
     """One reconciler's view of the agent for one pass. ``name`` is its condition type."""
@@ -65,6 +99,8 @@ class ReconcileContext:
     api: ApiClient | None = None
     #: Progress is reported when the percentage has moved at least this much.
     progress_step: float = 5.0
+    #: How the daemon cancels this pass when a newer spec supersedes it.
+    supersede: Supersede = field(default_factory=Supersede)
     _last_percent: float = field(default=-math.inf, init=False)
 
     @property
@@ -75,6 +111,14 @@ class ReconcileContext:
     def downloads(self) -> Path:
         """Where downloads are kept between runs (a ``.part`` resumes after a restart)."""
         return self.state.root / "downloads"
+
+    def critical(self) -> AbstractAsyncContextManager[None]:
+        """A block a superseded pass finishes before it is cancelled (``async with``).
+
+        Only a newer spec waits for it; the reconciler's timeout and the agent stopping
+        still cancel inside it, so every step in it must be safe to run again.
+        """
+        return self.supersede.critical()
 
     async def progress(self, percent: float | None, reason: str, message: str) -> None:
         """Report ``Progressing``: ``message`` prefixed with the percentage when known.

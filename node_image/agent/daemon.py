@@ -8,7 +8,14 @@ What wakes the agent:
 - a nudge over MQTT whose generation is newer than the spec it has → pull;
 - the poll timer (jittered; shorter while MQTT is down) → pull, reconcile (drift);
 - a reconcile that failed → retry with backoff;
+- a reconcile pass that ended → the next one, when a pull came in meanwhile;
 - an acknowledgement (``Nudge.acked_seq``, ``StatusAck``) → drop events from the outbox.
+
+A pass runs as its own task, one at a time, so pulls go on while a reconciler works (a
+K3s install, an OS image download). A pull that brings a newer generation supersedes the
+running pass: it is cancelled at a safe point (not inside ``ReconcileContext.critical``),
+and a new pass starts with the newer spec. Each reconciler's steps are safe to repeat.
+Stopping the agent cancels a running pass outright.
 
 Every status event goes to the durable outbox before it is sent. It is sent over MQTT when
 connected and over HTTPS when not, or when MQTT does not acknowledge it in time.
@@ -27,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from node_image.agent.context import ReconcileContext, run_reconcile
+from node_image.agent.context import ReconcileContext, Supersede, run_reconcile
 from node_image.agent.outbox import Outbox
 from node_image.agent.reconcilers import Reconciler, build
 from node_image.agent.renew import keep_renewed
@@ -69,6 +76,15 @@ class _Timers:
     retry_at: float = math.inf
 
 
+@dataclass
+class _Pass:
+    """The reconcile pass running now, and how to supersede it."""
+
+    task: asyncio.Task[None]
+    generation: int
+    supersede: Supersede
+
+
 @dataclass(frozen=True)
 class _Link:
     """What the agent talks through once it has an identity."""
@@ -108,6 +124,9 @@ class Agent:
         self._interim = False
         self._nudge_acked = 0
         self._pull_now = True
+        #: A pull succeeded since the last pass started: reconcile (again).
+        self._reconcile_due = False
+        self._pass: _Pass | None = None
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
         self._running = False
@@ -329,24 +348,85 @@ class Agent:
 
     async def _worker(self, link: _Link) -> None:
         t = self._timers
-        while True:
-            now = time.monotonic()
-            retry_at = t.retry_at if self._spec is not None else math.inf
-            if not self._pull_now and now < self._next_pull() and now < retry_at:
-                await _wait(self._wake, min(self._next_pull(), retry_at) - now)
-                self._wake.clear()
-                continue
-            try:
-                pulled = await self._pull_if_due(link)
-                if self._spec is not None and (pulled or time.monotonic() >= t.retry_at):
-                    await self._reconcile(link, self._spec)
-            except OSError as e:
-                # The state directory cannot be written (full, read-only): keep going.
-                delay = t.retry_backoff.next()
-                t.retry_at = time.monotonic() + delay
-                log.error(
-                    "cannot write state in %s: %s; retrying in %.0fs", self.state.root, e, delay
+        try:
+            while True:
+                self._end_pass()
+                now = time.monotonic()
+                # A pass may start: none runs, and a pull or the retry timer asks for one.
+                retry_at = t.retry_at if self._spec is not None and not self._pass else math.inf
+                ready = retry_at <= now or (self._reconcile_due and self._pass is None)
+                if not self._pull_now and now < self._next_pull() and not ready:
+                    await _wait(self._wake, min(self._next_pull(), retry_at) - now)
+                    self._wake.clear()
+                    continue
+                try:
+                    if await self._pull_if_due(link):
+                        self._reconcile_due = True
+                except OSError as e:
+                    self._state_error(e)
+                self._start_pass(link)
+        finally:
+            await self._cancel_pass()
+
+    def _start_pass(self, link: _Link) -> None:
+        """Supersede a pass of an older generation; start a pass if one is due and none runs."""
+        spec, running = self._spec, self._pass
+        if spec is None:
+            return
+        if running is not None:
+            if spec.generation > running.generation:
+                log.info(
+                    "generation %s supersedes the pass of %s", spec.generation, running.generation
                 )
+                running.supersede.request()
+            return
+        if not self._reconcile_due and time.monotonic() < self._timers.retry_at:
+            return
+        self._reconcile_due = False
+        supersede = Supersede()
+        task = asyncio.create_task(
+            self._reconcile(link, spec, supersede), name=f"agent-pass-{spec.generation}"
+        )
+        supersede.bind(task)
+        task.add_done_callback(lambda _: self._wake.set())
+        self._pass = _Pass(task, spec.generation, supersede)
+
+    def _end_pass(self) -> None:
+        """Collect a pass that ended: a superseded one starts anew, ``RebootRequested`` and
+        bugs pass out of the worker, a state directory that cannot be written backs off."""
+        running = self._pass
+        if running is None or not running.task.done():
+            return
+        self._pass = None
+        if running.task.cancelled():
+            self._reconcile_due = True  # superseded: reconcile the newer spec
+            return
+        error = running.task.exception()
+        if isinstance(error, OSError):
+            self._state_error(error)
+        elif error is not None:
+            raise error
+
+    async def _cancel_pass(self) -> None:
+        """Stopping: cancel the running pass and wait for it to end."""
+        running, self._pass = self._pass, None
+        if running is None:
+            return
+        running.task.cancel()
+        try:
+            await running.task
+        except asyncio.CancelledError:
+            if not running.task.cancelled():
+                raise  # the worker itself is being cancelled too; the pass has ended
+        except (Exception, RebootRequested) as e:
+            log.debug("the reconcile pass ended while stopping: %r", e)
+
+    def _state_error(self, e: OSError) -> None:
+        # The state directory cannot be written (full, read-only): keep going.
+        t = self._timers
+        delay = t.retry_backoff.next()
+        t.retry_at = time.monotonic() + delay
+        log.error("cannot write state in %s: %s; retrying in %.0fs", self.state.root, e, delay)
 
     async def _pull_if_due(self, link: _Link) -> bool:
         """Pull when asked to or when the poll timer says so; True if a pull succeeded."""
@@ -384,8 +464,8 @@ class Agent:
             self._acked.set()
             self._flush.set()
 
-    async def _reconcile(self, link: _Link, document: SpecDocument) -> None:
-        conditions = [await self._run_one(r, document) for r in self._reconcilers]
+    async def _reconcile(self, link: _Link, document: SpecDocument, supersede: Supersede) -> None:
+        conditions = [await self._run_one(r, document, supersede) for r in self._reconcilers]
         status = self._status
         if self._interim or not status.same_report(document.generation, conditions):
             status = await self._report(link, document.generation, conditions)
@@ -402,8 +482,9 @@ class Agent:
             self._status = status
             self._changed.notify_all()
 
-    async def _run_one(self, reconciler: Reconciler, document: SpecDocument) -> Condition:
-        # Seams (issue 7): running the pass as a task comes next.
+    async def _run_one(
+        self, reconciler: Reconciler, document: SpecDocument, supersede: Supersede
+    ) -> Condition:
         link = self._link
         ctx = ReconcileContext(
             reconciler.name,
@@ -414,6 +495,7 @@ class Agent:
             else None,
             outbox=link.outbox if link else None,
             api=link.api if link else None,
+            supersede=supersede,
         )
         return await run_reconcile(reconciler, document.spec, ctx)
 
@@ -430,7 +512,16 @@ class Agent:
     async def _report(
         self, link: _Link, generation: int, conditions: list[Condition]
     ) -> AgentStatus:
-        """Durably queue a status event (outbox first), then remember it was reported."""
+        """Durably queue a status event (outbox first), then remember it was reported.
+
+        Shielded: a pass that is superseded or stopped meanwhile does not leave the outbox
+        to a thread still appending while the next report appends too.
+        """
+        return await asyncio.shield(self._queue_report(link, generation, conditions))
+
+    async def _queue_report(
+        self, link: _Link, generation: int, conditions: list[Condition]
+    ) -> AgentStatus:
         async with self._report_lock:
             event = await asyncio.to_thread(link.outbox.append, generation, conditions)
             status = AgentStatus(generation, tuple(conditions), event.seq)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from node_image.agent.context import ReconcileContext, run_reconcile
+from node_image.agent.context import ReconcileContext, Supersede, run_reconcile
 from node_image.agent.state import StateDir
 from node_image.commands import CommandFailed
 from node_image.host import SimulatedHost
@@ -78,3 +78,43 @@ async def test_commands_run_in_a_thread_and_raise_with_stderr(tmp_path: Path) ->
     assert result.stdout == b"v1\n"
     with pytest.raises(CommandFailed, match="exit code 2: no systemctl"):
         await ctx.run(["sh", "-c", "echo no systemctl >&2; exit 2"])
+
+
+async def test_a_superseded_pass_finishes_its_critical_section_and_is_cancelled_after(
+    tmp_path: Path,
+) -> None:
+    ctx, _ = make(tmp_path)
+    inside, release = asyncio.Event(), asyncio.Event()
+    steps: list[str] = []
+
+    async def reconcile() -> None:
+        async with ctx.critical():
+            inside.set()
+            await release.wait()
+            await asyncio.sleep(0)  # an await after the supersede: still not cancelled
+            steps.append("slot written and armed")
+        await asyncio.sleep(0)
+        steps.append("after the critical section")
+
+    task = asyncio.create_task(reconcile())
+    ctx.supersede.bind(task)
+    await inside.wait()
+    ctx.supersede.request()
+    await asyncio.sleep(0.05)
+    assert not task.done()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert task.cancelled() and steps == ["slot written and armed"]
+
+
+async def test_a_superseded_pass_outside_a_critical_section_is_cancelled_at_once(
+    tmp_path: Path,
+) -> None:
+    supersede = Supersede()
+    task = asyncio.create_task(asyncio.Event().wait())
+    supersede.bind(task)
+    await asyncio.sleep(0)
+    supersede.request()
+    with pytest.raises(asyncio.CancelledError):
+        await task

@@ -41,6 +41,7 @@ import json
 import logging
 import re
 from collections.abc import Awaitable, Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import cast
@@ -70,6 +71,8 @@ HEALTH_CHECK = "/etc/corral/health-check"
 OS_VERSION_FILE = "/etc/corral/os-version"
 
 UPDATE_STEPS = ("download", "write", "verify", "arm", "reboot")
+#: Steps a superseded pass finishes before it is cancelled (``ReconcileContext.critical``).
+CRITICAL_STEPS = frozenset({"write", "verify", "arm"})
 BOOT_STEPS = ("health-check", "mark-good", "report")
 #: Every point where the power-loss test kills the agent (``crashpoints``), in order.
 CRASH_POINTS = tuple(
@@ -214,10 +217,13 @@ class OsUpdateReconciler:
             if p.step in UPDATE_STEPS:
                 assert ref is not None  # noqa: S101 - checked just above
                 for step in UPDATE_STEPS[UPDATE_STEPS.index(p.step) :]:
-                    await self._step(st, p, step)
-                    await self._update_steps[step](st, p, ref, ctx)
-                    self._advance(p, UPDATE_STEPS)
-                    await asyncio.to_thread(self.save, st)
+                    # A newer spec does not cancel the slot write or the arm mid-way.
+                    guard = ctx.critical() if step in CRITICAL_STEPS else nullcontext()
+                    async with guard:
+                        await self._step(st, p, step)
+                        await self._update_steps[step](st, p, ref, ctx)
+                        self._advance(p, UPDATE_STEPS)
+                        await asyncio.to_thread(self.save, st)
             for step in BOOT_STEPS[BOOT_STEPS.index(p.step) :]:
                 await self._step(st, p, step)
                 await self._boot_steps[step](st, p, spec, ctx)
