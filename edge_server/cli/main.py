@@ -8,7 +8,17 @@ import os
 import sys
 from typing import NoReturn
 
-from edge_server.cli import api_tokens, artifacts, broker, demo, devices, groups, serve, tokens
+from edge_server.cli import (
+    api_tokens,
+    artifacts,
+    broker,
+    demo,
+    devices,
+    groups,
+    image,
+    serve,
+    tokens,
+)
 from edge_server.cli.client import OperatorClient
 from edge_server.errors import ServerError
 from registration.errors import RegistrationError
@@ -77,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     groups.add_parser(sub, common)
     api_tokens.add_parser(sub, common)
     artifacts.add_parser(sub, common)
+    image.add_parser(sub, common)
     for child in _subcommands(parser):
         add_global_flags(child, root=False)
     return parser
@@ -101,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        if args.noun in ("serve", "demo", "broker"):
+        # Local commands (no server to talk to) set ``local=True`` in their defaults.
+        if args.noun in ("serve", "demo", "broker") or getattr(args, "local", False):
             return int(args.func(args))
         api = OperatorClient.from_args(args.server, args.data_dir)
         args.func(args, api)

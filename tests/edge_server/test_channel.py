@@ -184,21 +184,28 @@ def test_demo_shows_fifty_online_devices_at_the_current_generation(tmp_path: Pat
 
 
 def test_nudges_carry_no_secrets(fleet_server: Server, tmp_path: Path) -> None:
+    """The K3s join token reaches an agent node only in its spec over mTLS HTTPS: the server
+    node reports it (``POST …/k3s``), the other node's nudge carries none of it."""
     server = fleet_server
-    device_id, cert = registered(server, tmp_path, "d")
-    body = {
-        "name": "k3s",
-        "selector": "",
-        "spec": {
-            "k3s": {
-                "version": "v1.30.2+k3s1",
-                "role": "agent",
-                "server_url": "https://10.0.0.1:6443",
-                "token": "K10-very-secret-join-token",
-            }
-        },
-    }
+    node_a, cert_a = registered(server, tmp_path, "a")
+    node_b, cert_b = registered(server, tmp_path, "b")
+    server_node, agent_node = sorted([(node_a, cert_a), (node_b, cert_b)])  # the lowest id
+    body = {"name": "k3s", "selector": "", "spec": {"k3s": {"version": "v1.30.2+k3s1"}}}
     assert server.api("POST", "/api/v1/groups", body).status_code == 201
+    report = {
+        "server_url": "https://10.0.0.1:6443",
+        "token": "K10-very-secret-join-token",
+        "version": "v1.30.2+k3s1",
+    }
+    answer = requests.post(
+        f"{server.url}/api/v1/devices/{server_node[0]}/k3s",
+        json=report,
+        cert=server_node[1],
+        verify=str(server.ca),
+        timeout=30,
+    )
+    assert answer.status_code == 200, answer.text
+    device_id, cert = agent_node
     argv = mosquitto_sub(
         server.mqtt_port,
         server.ca,
@@ -224,3 +231,4 @@ def test_nudges_carry_no_secrets(fleet_server: Server, tmp_path: Path) -> None:
         timeout=30,
     ).json()
     assert spec["spec"]["k3s"]["token"] == "K10-very-secret-join-token"
+    assert spec["spec"]["k3s"]["server_url"] == "https://10.0.0.1:6443"

@@ -95,6 +95,13 @@ class Rig:
             return done.returncode, {}
         return 0, json.loads(done.stdout.strip().splitlines()[-1])
 
+    @staticmethod
+    def os_of(answer: dict[str, Any]) -> dict[str, Any]:
+        """The os reconciler's condition in an agent's answer (whatever runs before it)."""
+        found = [c for c in answer["conditions"] if c["type"] == "os"]
+        assert len(found) == 1, answer
+        return found[0]
+
     def converge(self, spec: Path, crash_at: str | None = None, runs: int = 8) -> dict[str, Any]:
         """Run the agent, booting the machine whenever it reboots, until it reports the os
         condition. With ``crash_at``, the first run that reaches that point is killed and

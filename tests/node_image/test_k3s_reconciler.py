@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
-import shutil
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -318,34 +316,3 @@ async def test_an_agent_waits_for_its_server_and_nothing_without_artifacts_runs(
     assert (condition.status, condition.reason) == ("Error", "ArtifactsMissing")
     assert (await device.reconcile(Spec())).reason == "NotWanted"
     assert device.runs == [] and mirror.requests == []
-
-
-#: A copy of the upstream k3s-io/k3s install.sh. None is stored here and there is no network
-#: to fetch one, so this check runs only where it is given: it proves the wrapper works with
-#: the real installer unchanged. The upstream script also removes
-#: /etc/systemd/system/k3s-agent.service of the real root (its one fixed path) and pipes the
-#: firewall through iptables-save/restore (stand-ins on PATH keep the host's untouched).
-UPSTREAM_INSTALL_SH = os.environ.get("CORRAL_K3S_INSTALL_SH")
-
-
-@pytest.mark.skipif(
-    not UPSTREAM_INSTALL_SH,
-    reason="no copy of the upstream install.sh here: set CORRAL_K3S_INSTALL_SH to one",
-)
-async def test_the_real_upstream_installer_runs_unchanged_under_the_wrapper(
-    device: Device, mirror: Mirror, tmp_path: Path
-) -> None:
-    assert UPSTREAM_INSTALL_SH is not None
-    found = release("v1.31.4+k3s1", tmp_path / "rel")
-    shutil.copyfile(UPSTREAM_INSTALL_SH, found.install_script)
-    condition = await device.reconcile(mirror.spec(found, role="agent"))
-    assert condition.status == "Ready", condition
-    env_file = device.file("/etc/systemd/system/k3s-agent.service.env")
-    assert env_file.stat().st_mode & 0o777 == 0o600
-    lines = env_file.read_text().splitlines()
-    assert f"K3S_TOKEN='{TOKEN}'" in lines and f"K3S_URL='{URL}'" in lines
-    assert f"K3S_NODE_NAME='{DEVICE}'" in lines
-    unit = device.file("/etc/systemd/system/k3s-agent.service").read_text()
-    assert f"ExecStart={device.file('/usr/local/bin/k3s')}" in unit and "agent" in unit
-    assert device.file("/usr/local/bin/k3s-agent-uninstall.sh").exists()
-    assert device.file("/usr/local/bin/k3s-killall.sh").exists()

@@ -46,7 +46,7 @@ def test_an_update_goes_from_a_to_b_and_reports_healthy(tmp_path: Path) -> None:
         assert _grubenv(r) == {"corral_slot": "B"}
         assert sha256(r.disk.layout.slot("B"), image.stat().st_size) == sha256(image)
         # Idempotent: the next pass changes nothing and reboots nothing.
-        assert r.agent(spec)[1]["conditions"][1]["status"] == "Healthy"
+        assert r.os_of(r.agent(spec)[1])["status"] == "Healthy"
         assert r.machine.booted() == "B"
 
 
@@ -65,7 +65,7 @@ def test_a_failing_health_check_rolls_back_to_a_and_reports_rolled_back(tmp_path
         assert _grubenv(r) == {"corral_slot": "A"}
         assert sha256(r.disk.layout.slot("A")) == v1
         # The failed image is not tried again while the spec names it.
-        again = r.agent(spec)[1]["conditions"][1]
+        again = r.os_of(r.agent(spec)[1])
         assert again["status"] == "RolledBack" and r.machine.booted() == "A"
 
 
@@ -155,6 +155,6 @@ def test_a_spec_that_moves_on_before_the_reboot_drops_the_update_and_keeps_a(
         assert code == -9 and _grubenv(r)["corral_next"] == "B"  # armed, then the power went
         # Before the agent is back, the operator takes the update away.
         code, answer = r.agent(r.spec(None, "1.0"))
-        assert code == 0 and answer["conditions"][1]["reason"] == "NoImage"
+        assert code == 0 and r.os_of(answer)["reason"] == "NoImage"
         assert _grubenv(r) == {"corral_slot": "A"}
         assert r.machine.power_on() == "A"
