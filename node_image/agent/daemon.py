@@ -28,7 +28,6 @@ import functools
 import logging
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +50,7 @@ from node_image.agent.transport import (
     client_tls,
     jittered,
 )
+from node_image.agent.worker import Link, Pass, Timers, wait_event
 from node_image.boot import RebootRequested
 from node_image.errors import AgentError
 from node_image.host import Host
@@ -62,37 +62,6 @@ if TYPE_CHECKING:
 __all__ = ["Agent", "AgentSettings", "AgentStatus", "Identity"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class _Timers:
-    """When the worker next pulls and next retries a failed reconcile (monotonic)."""
-
-    pull_backoff: Backoff
-    retry_backoff: Backoff
-    last_pull: float = -math.inf
-    pull_factor: float = 1.0
-    pull_blocked_until: float = -math.inf
-    retry_at: float = math.inf
-
-
-@dataclass
-class _Pass:
-    """The reconcile pass running now, and how to supersede it."""
-
-    task: asyncio.Task[None]
-    generation: int
-    supersede: Supersede
-
-
-@dataclass(frozen=True)
-class _Link:
-    """What the agent talks through once it has an identity."""
-
-    identity: Identity
-    api: ApiClient
-    outbox: Outbox
-    mqtt: MqttChannel | None
 
 
 class Agent:
@@ -115,7 +84,7 @@ class Agent:
         self._seed = seed
         self._identity: Identity | None = None
         self._reconcilers: list[Reconciler] = build(self.state, self.settings.reconcilers)
-        self._link: _Link | None = None
+        self._link: Link | None = None
         self._spec: SpecDocument | None = None
         self._etag: str | None = None
         self._status = AgentStatus()
@@ -126,7 +95,7 @@ class Agent:
         self._pull_now = True
         #: A pull succeeded since the last pass started: reconcile (again).
         self._reconcile_due = False
-        self._pass: _Pass | None = None
+        self._pass: Pass | None = None
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
         self._running = False
@@ -136,7 +105,7 @@ class Agent:
         self._changed = asyncio.Condition()
         self._report_lock = asyncio.Lock()
         s = self.settings
-        self._timers = _Timers(
+        self._timers = Timers(
             pull_backoff=Backoff(s.http_backoff_base, s.http_backoff_cap, s.jitter),
             retry_backoff=Backoff(s.retry_backoff_base, s.retry_backoff_cap, s.jitter),
         )
@@ -243,7 +212,7 @@ class Agent:
             except AgentError as e:
                 delay = backoff.next()
                 log.warning("registration failed: %s; retrying in %.0fs", e, delay)
-                if await _wait(self._stopping, delay):
+                if await wait_event(self._stopping, delay):
                     return None
                 continue
             log.info("registered as %s (%s)", result.device_id, result.name)
@@ -255,7 +224,7 @@ class Agent:
 
         return register.register(seed, self.state, collect=self.host.collect_facts)
 
-    async def _open(self, identity: Identity) -> _Link:
+    async def _open(self, identity: Identity) -> Link:
         s = self.settings
         context = await asyncio.to_thread(
             client_tls, self.state.ca, self.state.cert, self.state.key
@@ -282,7 +251,7 @@ class Agent:
                 ),
             )
         api = ApiClient(identity.api, identity.device_id, context, s.http_timeout)
-        return _Link(identity, api, outbox, mqtt)
+        return Link(identity, api, outbox, mqtt)
 
     def _load_state(self) -> None:
         """What the last run pulled and reported (blocking)."""
@@ -346,7 +315,7 @@ class Agent:
         )
         return max(t.last_pull + interval * t.pull_factor, t.pull_blocked_until)
 
-    async def _worker(self, link: _Link) -> None:
+    async def _worker(self, link: Link) -> None:
         t = self._timers
         try:
             while True:
@@ -356,7 +325,7 @@ class Agent:
                 retry_at = t.retry_at if self._spec is not None and not self._pass else math.inf
                 ready = retry_at <= now or (self._reconcile_due and self._pass is None)
                 if not self._pull_now and now < self._next_pull() and not ready:
-                    await _wait(self._wake, min(self._next_pull(), retry_at) - now)
+                    await wait_event(self._wake, min(self._next_pull(), retry_at) - now)
                     self._wake.clear()
                     continue
                 try:
@@ -368,7 +337,7 @@ class Agent:
         finally:
             await self._cancel_pass()
 
-    def _start_pass(self, link: _Link) -> None:
+    def _start_pass(self, link: Link) -> None:
         """Supersede a pass of an older generation; start a pass if one is due and none runs."""
         spec, running = self._spec, self._pass
         if spec is None:
@@ -389,7 +358,7 @@ class Agent:
         )
         supersede.bind(task)
         task.add_done_callback(lambda _: self._wake.set())
-        self._pass = _Pass(task, spec.generation, supersede)
+        self._pass = Pass(task, spec.generation, supersede)
 
     def _end_pass(self) -> None:
         """Collect a pass that ended: a superseded one starts anew, ``RebootRequested`` and
@@ -428,7 +397,7 @@ class Agent:
         t.retry_at = time.monotonic() + delay
         log.error("cannot write state in %s: %s; retrying in %.0fs", self.state.root, e, delay)
 
-    async def _pull_if_due(self, link: _Link) -> bool:
+    async def _pull_if_due(self, link: Link) -> bool:
         """Pull when asked to or when the poll timer says so; True if a pull succeeded."""
         t = self._timers
         now = time.monotonic()
@@ -448,7 +417,7 @@ class Agent:
         t.pull_blocked_until = -math.inf
         return True
 
-    async def _pull(self, link: _Link) -> None:
+    async def _pull(self, link: Link) -> None:
         pulled = await link.api.get_spec(self._etag if self._spec is not None else None)
         if pulled is None:
             return
@@ -464,7 +433,7 @@ class Agent:
             self._acked.set()
             self._flush.set()
 
-    async def _reconcile(self, link: _Link, document: SpecDocument, supersede: Supersede) -> None:
+    async def _reconcile(self, link: Link, document: SpecDocument, supersede: Supersede) -> None:
         conditions = [await self._run_one(r, document, supersede) for r in self._reconcilers]
         status = self._status
         if self._interim or not status.same_report(document.generation, conditions):
@@ -499,7 +468,7 @@ class Agent:
         )
         return await run_reconcile(reconciler, document.spec, ctx)
 
-    async def _report_interim(self, link: _Link, generation: int, condition: Condition) -> None:
+    async def _report_interim(self, link: Link, generation: int, condition: Condition) -> None:
         """A reconciler's condition before its pass ends (``Progressing``, ``Modified``),
         reported with the other conditions as last reported."""
         last = list(self._status.conditions)
@@ -510,7 +479,7 @@ class Agent:
         await self._report(link, generation, conditions)
 
     async def _report(
-        self, link: _Link, generation: int, conditions: list[Condition]
+        self, link: Link, generation: int, conditions: list[Condition]
     ) -> AgentStatus:
         """Durably queue a status event (outbox first), then remember it was reported.
 
@@ -520,7 +489,7 @@ class Agent:
         return await asyncio.shield(self._queue_report(link, generation, conditions))
 
     async def _queue_report(
-        self, link: _Link, generation: int, conditions: list[Condition]
+        self, link: Link, generation: int, conditions: list[Condition]
     ) -> AgentStatus:
         async with self._report_lock:
             event = await asyncio.to_thread(link.outbox.append, generation, conditions)
@@ -542,7 +511,7 @@ class Agent:
 
     # --- sending the outbox -----------------------------------------------------------
 
-    async def _flusher(self, link: _Link) -> None:
+    async def _flusher(self, link: Link) -> None:
         s = self.settings
         backoff = Backoff(s.http_backoff_base, s.http_backoff_cap, s.jitter)
         while True:
@@ -559,10 +528,10 @@ class Agent:
                 continue
             delay = backoff.next()
             log.warning("status not delivered; retrying in %.0fs", delay)
-            await _wait(self._flush, delay)
+            await wait_event(self._flush, delay)
             self._flush.set()
 
-    async def _send_pending(self, link: _Link) -> bool:
+    async def _send_pending(self, link: Link) -> bool:
         """Send the outbox until it is empty; False when a batch could not be delivered."""
         while events := link.outbox.pending(self.settings.batch_size):
             batch = StatusBatch(events=events)
@@ -592,24 +561,26 @@ class Agent:
                 return False
         return True
 
-    async def _wait_acked(self, link: _Link, seq: int, seconds: float) -> bool:
+    async def _wait_acked(self, link: Link, seq: int, seconds: float) -> bool:
         """Wait up to ``seconds`` for the server to acknowledge ``seq`` over MQTT."""
         deadline = time.monotonic() + seconds
         while True:
+            # Cleared before looking: an ack that comes in while the outbox is being
+            # updated sets it again, and is not slept through.
+            self._acked.clear()
             await self._apply_acks(link)
             if link.outbox.acked_seq >= seq:
                 return True
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
-            self._acked.clear()
-            await _wait(self._acked, remaining)
+            await wait_event(self._acked, remaining)
 
-    async def _apply_acks(self, link: _Link) -> None:
+    async def _apply_acks(self, link: Link) -> None:
         if self._nudge_acked > link.outbox.acked_seq:
             await self._apply_ack(link, self._nudge_acked)
 
-    async def _apply_ack(self, link: _Link, acked_seq: int) -> None:
+    async def _apply_ack(self, link: Link, acked_seq: int) -> None:
         self._nudge_acked = max(self._nudge_acked, acked_seq)
         result = await asyncio.to_thread(link.outbox.ack, acked_seq)
         if result.ahead and self._status.seq:
@@ -620,14 +591,3 @@ class Agent:
             )
         async with self._changed:
             self._changed.notify_all()
-
-
-async def _wait(event: asyncio.Event, seconds: float) -> bool:
-    """Wait for ``event`` at most ``seconds``; True if it was set."""
-    if event.is_set():
-        return True
-    try:
-        await asyncio.wait_for(event.wait(), None if math.isinf(seconds) else max(0.0, seconds))
-    except TimeoutError:
-        return False
-    return True
