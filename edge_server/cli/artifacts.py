@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -89,12 +91,24 @@ def import_(args: argparse.Namespace, api: OperatorClient) -> None:
 def import_k3s(args: argparse.Namespace, api: OperatorClient) -> None:
     """Check every file of the release against its sums file first; then import them. A
     failed import deletes what this run imported, so a release is in the mirror whole or
-    not at all."""
-    directory = Path(args.source) if args.source else None
-    if args.download:
-        directory = k3s_release.download(args.version, args.arch, directory)
-    if directory is None:
-        raise CliError("say where the release is", hint="--from DIR, or --download")
+    not at all. ``--download`` without ``--from`` downloads into a temporary directory
+    that is removed afterwards."""
+    if not args.download:
+        if not args.source:
+            raise CliError("say where the release is", hint="--from DIR, or --download")
+        _import_k3s(args, api, Path(args.source))
+        return
+    source = k3s_release.Source.of(args.release_url, args.install_script_url)
+    with contextlib.ExitStack() as stack:
+        if args.source:
+            directory = Path(args.source)
+        else:
+            directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="corral-k3s-")))
+        k3s_release.download(args.version, args.arch, directory, source)
+        _import_k3s(args, api, directory)
+
+
+def _import_k3s(args: argparse.Namespace, api: OperatorClient, directory: Path) -> None:
     files = k3s_release.verified(directory, args.arch)
     imported: list[dict[str, Any]] = []
     try:
@@ -145,7 +159,19 @@ def add_parser(sub: argparse._SubParsersAction[Any], common: argparse.ArgumentPa
     k.add_argument(
         "--download",
         action="store_true",
-        help="fetch the release from GitHub first (into --from DIR, or a temporary directory)",
+        help="download the release first (into --from DIR, or a temporary directory)",
+    )
+    k.add_argument(
+        "--release-url",
+        metavar="BASE",
+        help=f"with --download: where releases are, as BASE/TAG/FILE (default: "
+        f"${k3s_release.RELEASES_ENV}, else {k3s_release.RELEASES})",
+    )
+    k.add_argument(
+        "--install-script-url",
+        metavar="URL",
+        help=f"with --download: install.sh, {{version}} standing for the tag (default: "
+        f"${k3s_release.INSTALL_SCRIPT_ENV}, else upstream's for that tag)",
     )
     k.set_defaults(func=import_k3s)
     ls = verbs.add_parser("list", parents=[common], help="list the mirror's artifacts")

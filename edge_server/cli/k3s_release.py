@@ -1,19 +1,24 @@
-"""A K3s release on disk (or fetched from GitHub): its files, checked against its sums file.
+"""A K3s release on disk (or downloaded): its files, checked against its sums file.
 
 Upstream publishes, per architecture, ``k3s`` (``k3s-arm64``, ``k3s-armhf``),
 ``k3s-airgap-images-<arch>.tar.zst`` and ``sha256sum-<arch>.txt``; ``install.sh`` is not in
 the sums file (it is the same script for every arch), so its sha256 is computed here and
 the server checks the upload against it.
+
+Downloads come from upstream by default: the release files from ``RELEASES``/TAG/NAME and
+``install.sh`` from ``INSTALL_SCRIPT``. A mirror (or a test) is named with
+``--release-url`` / ``$CORRAL_K3S_RELEASE_URL`` and ``--install-script-url`` /
+``$CORRAL_K3S_INSTALL_SCRIPT_URL`` (``{version}`` in it is the release tag).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import requests
 
@@ -22,6 +27,8 @@ from edge_server.cli.errors import CliError
 ARCHES = ("amd64", "arm64", "arm")
 RELEASES = "https://github.com/k3s-io/k3s/releases/download"
 INSTALL_SCRIPT = "https://raw.githubusercontent.com/k3s-io/k3s/{version}/install.sh"
+RELEASES_ENV = "CORRAL_K3S_RELEASE_URL"
+INSTALL_SCRIPT_ENV = "CORRAL_K3S_INSTALL_SCRIPT_URL"
 _SUM_LINE = re.compile(r"^([0-9a-fA-F]{64})\s+\*?(\S+)$")
 
 
@@ -92,28 +99,72 @@ def verified(directory: Path, arch: str) -> list[ReleaseFile]:
     return files
 
 
-def download(version: str, arch: str, directory: Path | None) -> Path:
-    """Fetch the release's files from GitHub into ``directory`` (a new temporary one when
-    None). Needs internet; the files are checked against the sums file afterwards."""
-    target = directory or Path(tempfile.mkdtemp(prefix="corral-k3s-"))
-    target.mkdir(parents=True, exist_ok=True)
-    tag = quote(version, safe="")
-    urls = {name: f"{RELEASES}/{tag}/{name}" for name in names(arch)}
-    urls["install.sh"] = INSTALL_SCRIPT.format(version=tag)
-    for name, url in urls.items():
-        _fetch(url, target / name)
-    return target
+@dataclass(frozen=True)
+class Source:
+    """Where a release is downloaded from (see the module's docstring)."""
+
+    releases: str = RELEASES
+    install_script: str = INSTALL_SCRIPT
+
+    @classmethod
+    def of(cls, releases: str | None, install_script: str | None) -> Source:
+        """The options given, else the environment, else upstream; CliError for a URL that
+        is not http(s)."""
+        chosen = cls(
+            releases or os.environ.get(RELEASES_ENV) or RELEASES,
+            install_script or os.environ.get(INSTALL_SCRIPT_ENV) or INSTALL_SCRIPT,
+        )
+        for url in (chosen.releases, chosen.install_script):
+            parts = urlsplit(url)
+            if parts.scheme not in ("https", "http") or not parts.netloc:
+                raise CliError(f"not an http(s) URL: {url!r}")
+        return cls(chosen.releases.rstrip("/"), chosen.install_script)
+
+    def urls(self, version: str, arch: str) -> dict[str, str]:
+        """File name → URL for the release's install script, binary, images and sums."""
+        tag = quote(version, safe="")
+        urls = {"install.sh": self.install_script.replace("{version}", tag)}
+        urls.update({name: f"{self.releases}/{tag}/{name}" for name in names(arch)})
+        return urls
+
+
+def download(version: str, arch: str, directory: Path, source: Source | None = None) -> Path:
+    """Fetch the release's files into ``directory`` (from upstream unless ``source`` says
+    otherwise). Each file is written whole or not at all: a download cut short, an HTTP
+    error or a full disk is a CliError naming the URL, with no ``.part`` file left. The
+    files are checked against the sums file afterwards (:func:`verified`)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, url in (source or Source()).urls(version, arch).items():
+        _fetch(url, directory / name)
+    return directory
 
 
 def _fetch(url: str, dest: Path) -> None:
     part = dest.with_name(dest.name + ".part")
+    got, length = 0, None
     try:
         with requests.get(url, stream=True, timeout=(30, 300)) as response:
             if response.status_code != 200:
                 raise CliError(f"cannot download {url}: HTTP {response.status_code}")
+            if response.headers.get("Content-Encoding", "identity") == "identity":
+                length = response.headers.get("Content-Length")
             with part.open("wb") as f:
                 for chunk in response.iter_content(1 << 20):
                     f.write(chunk)
+                    got += len(chunk)
+            if length is not None and length.isdigit() and got != int(length):
+                raise _cut(url, got, length)  # urllib3 checks this too; never trust one check
+        part.replace(dest)
+    except requests.exceptions.ChunkedEncodingError as e:  # the body ended early
+        raise _cut(url, got, length) from e
     except requests.RequestException as e:
         raise CliError(f"cannot download {url}: {e}", hint="no internet? use --from DIR") from e
-    part.replace(dest)
+    except OSError as e:
+        raise CliError(f"cannot write {part}: {e.strerror}") from e
+    finally:
+        part.unlink(missing_ok=True)
+
+
+def _cut(url: str, got: int, length: str | None) -> CliError:
+    of = f" of {length}" if length is not None else ""
+    return CliError(f"the download of {url} was cut short after {got}{of} bytes; nothing imported")
