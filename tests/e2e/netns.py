@@ -24,33 +24,48 @@ Every process started with :meth:`Host.popen` is killed (SIGTERM to its process 
 SIGKILL) at teardown, and so is any other process still inside one of the lab's namespaces.
 
 The module only needs the standard library, ``ip`` (iproute2) and ``nft``; it must run as root.
-Run as a script inside a namespace it also provides the small ICMP and TCP probes the hosts use.
+The ICMP and TCP probes the hosts run are ``netns_probe.py``; markers, process tracking and
+sweeping the leftovers of crashed runs are in ``netns_sweep.py``.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import errno
 import ipaddress
 import json
 import os
 import random
 import re
 import secrets
-import select
 import shutil
-import signal
-import socket
-import struct
 import subprocess
 import sys
-import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
+
+from tests.e2e.netns_sweep import (
+    MARKER_DIR,
+    PREFIX_STEM,
+    LabError,
+    LabTeardownError,
+    _cmd,
+    _ip,
+    _ip_batch,
+    _kill_netns_processes,
+    _list_netns,
+    _marker_path,
+    _proc_start_time,
+    _ProcessTracker,
+    _read_markers,
+    _root_links,
+    _tool,
+    leftovers,
+    sweep_leftovers,
+)
 
 __all__ = [
     "Host",
@@ -62,16 +77,6 @@ __all__ = [
     "sweep_leftovers",
 ]
 
-PREFIX_STEM = "crl"
-#: One lab's name prefix: ``crl`` + 6 hex digits (so interface names stay within 15 characters).
-PREFIX_RE = re.compile(r"^crl[0-9a-f]{6}$")
-_NS_RE = re.compile(r"^(crl[0-9a-f]{6})-(?:sw|srv|a\d{1,3})$")
-_LINK_RE = re.compile(r"^(crl[0-9a-f]{6})(?:br|v\d{1,3})$")
-_TABLE_RE = re.compile(r"^(crl[0-9a-f]{6})_[a-z]+$")
-
-#: Where each live lab records its owner (pid and start time), so that the sweeper leaves labs of
-#: running processes alone and only removes those of processes that are gone.
-MARKER_DIR = Path("/run/corral-netns-lab")
 
 SUBNET_FIRST_OCTETS = (10, 237)
 SERVER_HOST = 1
@@ -80,291 +85,11 @@ MAX_AGENTS = 200
 HOST_IFACE = "eth0"
 NFT_FAMILY = "inet"
 
-_SCRIPT = str(Path(__file__).resolve())
-_IP_TIMEOUT = 30.0
+#: The probes each host runs inside its namespace (a script: only the standard library).
+_SCRIPT = str(Path(__file__).resolve().with_name("netns_probe.py"))
 _DEFAULT_TERM_GRACE = 3.0
 
 Direction = Literal["both", "in", "out"]
-
-
-class LabError(RuntimeError):
-    """A lab command failed."""
-
-
-class LabTeardownError(LabError):
-    """Tearing a lab down left something behind or failed; the message says what."""
-
-
-# --------------------------------------------------------------------------------------------
-# Small helpers
-
-
-def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        raise LabError(f"{name!r} is not installed (scripts/install-debian-deps.sh installs it)")
-    return path
-
-
-def _cmd(argv: Sequence[str], *, stdin: str | None = None, check: bool = True) -> str:
-    """Run a short administrative command; return its stdout, raise LabError when it fails."""
-    try:
-        done = subprocess.run(
-            list(argv),
-            input=stdin,
-            stdin=None if stdin is not None else subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=_IP_TIMEOUT,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise LabError(f"{' '.join(argv)}: timed out after {_IP_TIMEOUT}s") from exc
-    if check and done.returncode != 0:
-        detail = (done.stderr or done.stdout).strip()
-        raise LabError(f"{' '.join(argv)}: exit {done.returncode}: {detail}")
-    return done.stdout
-
-
-def _ip(*args: str, ns: str | None = None, stdin: str | None = None, check: bool = True) -> str:
-    argv = [_tool("ip")]
-    if ns is not None:
-        argv += ["-n", ns]
-    return _cmd([*argv, *args], stdin=stdin, check=check)
-
-
-def _ip_batch(ns: str, lines: Iterable[str]) -> None:
-    """Run several ``ip`` commands in namespace ``ns`` with one process."""
-    _ip("-batch", "-", ns=ns, stdin="".join(f"{line}\n" for line in lines))
-
-
-def _list_netns() -> list[str]:
-    """Names of the named network namespaces (``ip netns list``)."""
-    out = _ip("netns", "list")
-    return [line.split()[0] for line in out.splitlines() if line.strip()]
-
-
-def _root_links() -> list[str]:
-    out = _ip("-o", "link", "show")
-    names = []
-    for line in out.splitlines():
-        parts = line.split(":", 2)
-        if len(parts) >= 2:
-            names.append(parts[1].strip().split("@")[0])
-    return names
-
-
-def _root_nft_tables() -> list[tuple[str, str]]:
-    """(family, name) of the nftables tables of the root namespace."""
-    out = _cmd([_tool("nft"), "list", "tables"], check=False)
-    tables = []
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) == 3 and parts[0] == "table":
-            tables.append((parts[1], parts[2]))
-    return tables
-
-
-def _proc_start_time(pid: int) -> int | None:
-    """The start time of process ``pid`` (clock ticks since boot), None when there is none."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[-1].split()
-    # Fields after "(comm)" start at field 3 (state); starttime is field 22.
-    if fields[0] == "Z":
-        return None
-    return int(fields[19])
-
-
-def _pid_gone(pid: int) -> bool:
-    return _proc_start_time(pid) is None
-
-
-def _signal_tree(proc: subprocess.Popen[Any], sig: signal.Signals) -> None:
-    """Send ``sig`` to the process group ``proc`` leads, or to ``proc`` alone if it leads none."""
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        if os.getpgid(proc.pid) == proc.pid:
-            os.killpg(proc.pid, sig)
-        else:
-            proc.send_signal(sig)
-
-
-def _netns_pids(ns: str) -> list[int]:
-    out = _ip("netns", "pids", ns, check=False)
-    own = {os.getpid(), os.getppid()}
-    return [int(tok) for tok in out.split() if tok.isdigit() and int(tok) not in own]
-
-
-def _kill_netns_processes(ns: str, grace: float) -> list[int]:
-    """Kill every process inside namespace ``ns``: SIGTERM, then SIGKILL. Return survivors."""
-    pids = _netns_pids(ns)
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + wait
-        while pids and time.monotonic() < deadline:
-            pids = [pid for pid in pids if not _pid_gone(pid)]
-            if pids:
-                time.sleep(0.02)
-        if not pids:
-            break
-    return [pid for pid in _netns_pids(ns) if not _pid_gone(pid)]
-
-
-# --------------------------------------------------------------------------------------------
-# Ownership markers
-
-
-@dataclass(frozen=True)
-class _Marker:
-    prefix: str
-    pid: int
-    start_time: int | None
-    third_octet: int | None
-    #: Unreadable but fresh: a lab is writing it this instant.
-    being_written: bool = False
-
-    @property
-    def owner_alive(self) -> bool:
-        if self.being_written:
-            return True
-        return self.start_time is not None and _proc_start_time(self.pid) == self.start_time
-
-
-def _marker_path(prefix: str) -> Path:
-    return MARKER_DIR / f"{prefix}.json"
-
-
-def _read_markers() -> dict[str, _Marker]:
-    markers: dict[str, _Marker] = {}
-    if not MARKER_DIR.is_dir():
-        return markers
-    for path in MARKER_DIR.glob("crl*.json"):
-        prefix = path.stem
-        if not PREFIX_RE.match(prefix):
-            continue
-        try:
-            data = json.loads(path.read_text())
-            markers[prefix] = _Marker(
-                prefix, int(data["pid"]), data.get("start_time"), data.get("third_octet")
-            )
-        except (OSError, ValueError, KeyError, TypeError):
-            # Unreadable: a lab that is starting writes it this instant, unless it is old.
-            try:
-                fresh = time.time() - path.stat().st_mtime < 60
-            except OSError:
-                continue  # removed meanwhile
-            markers[prefix] = _Marker(prefix, -1, None, None, being_written=fresh)
-    return markers
-
-
-# --------------------------------------------------------------------------------------------
-# Sweeping
-
-
-def leftovers(prefix: str) -> list[str]:
-    """Everything of lab ``prefix`` still visible: namespaces, root links, root nft tables, marker.
-
-    An empty list means the lab is gone. Interfaces and nft tables inside the lab's namespaces
-    go with the namespaces.
-    """
-    found = [f"netns {ns}" for ns in _list_netns() if ns.startswith(f"{prefix}-")]
-    found += [f"link {name}" for name in _root_links() if name.startswith(prefix)]
-    tables = _root_nft_tables()
-    found += [f"nft table {fam} {name}" for fam, name in tables if name.startswith(prefix)]
-    if _marker_path(prefix).exists():
-        found.append(f"marker {_marker_path(prefix)}")
-    return found
-
-
-def sweep_leftovers(grace: float = 1.0) -> list[str]:
-    """Remove what labs of crashed earlier runs left behind; return what was removed.
-
-    Only names that follow this module's scheme (``crl`` + 6 hex digits) are considered, and a lab
-    whose owning process is still running (per its marker in :data:`MARKER_DIR`) is left alone,
-    so it is safe to call while other labs, in this process or others, are in use. Processes
-    still inside a leftover namespace are killed before the namespace is deleted.
-    """
-    # List first, read markers second: a lab writes its marker before creating anything, so every
-    # namespace listed here of a live lab has its marker on disk by the time it is read.
-    namespaces = _list_netns()
-    links = _root_links()
-    tables = _root_nft_tables()
-    markers = _read_markers()
-
-    def stale(prefix: str) -> bool:
-        marker = markers.get(prefix)
-        return marker is None or not marker.owner_alive
-
-    removed: list[str] = []
-    # Host namespaces first, switch namespaces last.
-    for ns in sorted(namespaces, key=lambda n: n.endswith("-sw")):
-        match = _NS_RE.match(ns)
-        if not match or not stale(match.group(1)):
-            continue
-        _kill_netns_processes(ns, grace)
-        _ip("netns", "del", ns, check=False)
-        removed.append(f"netns {ns}")
-    for name in links:
-        match = _LINK_RE.match(name)
-        if match and stale(match.group(1)):
-            _ip("link", "del", name, check=False)
-            removed.append(f"link {name}")
-    for family, name in tables:
-        match = _TABLE_RE.match(name)
-        if match and stale(match.group(1)):
-            _cmd([_tool("nft"), "delete", "table", family, name], check=False)
-            removed.append(f"nft table {family} {name}")
-    remaining = set(_list_netns())
-    for prefix, marker in markers.items():
-        if not marker.owner_alive and not any(ns.startswith(f"{prefix}-") for ns in remaining):
-            with contextlib.suppress(FileNotFoundError):
-                _marker_path(prefix).unlink()
-                removed.append(f"marker {prefix}")
-    return removed
-
-
-# --------------------------------------------------------------------------------------------
-# Processes
-
-
-class _ProcessTracker:
-    """The processes a lab started; all of them die at teardown."""
-
-    def __init__(self) -> None:
-        self._procs: list[subprocess.Popen[Any]] = []
-
-    def spawn(self, argv: Sequence[str], **kw: Any) -> subprocess.Popen[Any]:
-        proc: subprocess.Popen[Any] = subprocess.Popen(list(argv), **kw)
-        self._procs.append(proc)
-        return proc
-
-    def stop_all(self, grace: float) -> list[str]:
-        """SIGTERM each process group, SIGKILL what is left after ``grace`` s, reap, close pipes."""
-        procs, self._procs = self._procs, []
-        errors: list[str] = []
-        for proc in procs:
-            _signal_tree(proc, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for proc in procs:
-            try:
-                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                _signal_tree(proc, signal.SIGKILL)
-                try:
-                    proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    errors.append(f"process {proc.pid} ({proc.args!r}) survived SIGKILL")
-            for stream in (proc.stdin, proc.stdout, proc.stderr):
-                if stream is not None:
-                    with contextlib.suppress(OSError):
-                        stream.close()
-        return errors
 
 
 # --------------------------------------------------------------------------------------------
@@ -776,97 +501,3 @@ class Lab:
                 or ["neigh flush all"],
             )
         self._server, self._agents = hosts[0], hosts[1:]
-
-
-# --------------------------------------------------------------------------------------------
-# Probes run inside a namespace: python -I netns.py ping|tcp-probe ...
-
-
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(int(word) for word in struct.unpack(f"!{len(data) // 2}H", data))
-    total = (total >> 16) + (total & 0xFFFF)
-    total += total >> 16
-    return ~total & 0xFFFF
-
-
-def _echo_request(ident: int, seq: int) -> bytes:
-    payload = b"corral-netns-lab" + struct.pack("!d", time.time())
-    header = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
-    return struct.pack("!BBHHH", 8, 0, _checksum(header + payload), ident, seq) + payload
-
-
-def _icmp_ping(destination: str, count: int, interval: float, timeout: float) -> tuple[int, int]:
-    """Send ``count`` echo requests ``interval`` s apart; wait ``timeout`` s after the last."""
-    ident = os.getpid() & 0xFFFF
-    replies: set[int] = set()
-    sent = 0
-    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as sock:
-        sock.setblocking(False)
-        next_send = time.monotonic()
-        end = float("inf")
-        while True:
-            now = time.monotonic()
-            if sent < count and now >= next_send:
-                # EPERM (nftables dropped it on output) and the like: sent, and lost.
-                with contextlib.suppress(OSError):
-                    sock.sendto(_echo_request(ident, sent), (destination, 0))
-                sent += 1
-                next_send += interval
-                if sent == count:
-                    end = time.monotonic() + timeout
-                continue
-            if sent == count and (len(replies) == count or now >= end):
-                return sent, len(replies)
-            wait = (next_send if sent < count else end) - now
-            readable, _, _ = select.select([sock], [], [], max(0.0, wait))
-            while readable:
-                try:
-                    packet = sock.recv(65535)
-                except BlockingIOError:
-                    break
-                icmp = packet[(packet[0] & 0x0F) * 4 :]
-                if len(icmp) >= 8:
-                    kind, _code, _sum, rid, seq = struct.unpack("!BBHHH", icmp[:8])
-                    if kind == 0 and rid == ident and seq < count:
-                        replies.add(seq)
-
-
-def _tcp_probe(address: str, port: int, timeout: float) -> str:
-    try:
-        with socket.create_connection((address, port), timeout=timeout):
-            return "ok"
-    except TimeoutError:
-        return "timeout"
-    except ConnectionRefusedError:
-        return "refused"
-    except OSError as err:
-        if err.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
-            return "unreachable"
-        return f"error:{errno.errorcode.get(err.errno or 0, err.errno)}"
-
-
-def _main(argv: list[str]) -> int:
-    if argv and argv[0] == "ping" and len(argv) == 5:
-        sent, received = _icmp_ping(argv[1], int(argv[2]), float(argv[3]), float(argv[4]))
-        loss = round(100 * (sent - received) / sent) if sent else 100
-        print(f"{sent} packets transmitted, {received} received, {loss}% packet loss")
-        return 0 if received == sent else 1
-    if argv and argv[0] == "tcp-probe" and len(argv) == 5:
-        address, port, timeout, wait = argv[1], int(argv[2]), float(argv[3]), float(argv[4])
-        deadline = time.monotonic() + wait
-        while True:
-            started = time.monotonic()
-            outcome = _tcp_probe(address, port, timeout)
-            if outcome == "ok" or time.monotonic() >= deadline:
-                print(outcome)
-                return 0
-            time.sleep(max(0.0, min(0.1, started + 0.1 - time.monotonic())))
-    print(f"usage: {Path(__file__).name} ping DST COUNT INTERVAL TIMEOUT", file=sys.stderr)
-    print(f"       {Path(__file__).name} tcp-probe ADDR PORT TIMEOUT WAIT", file=sys.stderr)
-    return 2
-
-
-if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1:]))
