@@ -8,8 +8,8 @@ reports, commands and the reboot that first makes the outbox durable.
 Everything here awaits or runs blocking work in threads, so a reconcile running as its own
 task (a 300 MB download, an install) leaves the loop free for nudges, pulls and status
 sending. A reconcile that runs past its timeout is cancelled and reported as ``Error`` /
-``TimedOut``; a thread it started (a command) runs on until its own timeout, so long
-commands pass one (``time_limit``) to :meth:`ReconcileContext.run`.
+``TimedOut``; a command it started runs on, in its own thread, until its own timeout, so
+long commands pass one (``time_limit``) to :meth:`ReconcileContext.run`.
 
 The daemon cancels a pass that a newer spec has superseded (:class:`Supersede`), but never
 inside ``async with ctx.critical():``: there the cancel waits until the block ends.
@@ -18,14 +18,17 @@ inside ``async with ctx.critical():``: there the cancel waits until the block en
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import functools
 import logging
 import math
 import ssl
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 from node_image.agent.download import Downloaded, Downloader, DownloadOptions, Progress
 from node_image.agent.markers import Markers
@@ -44,6 +47,8 @@ log = logging.getLogger(__name__)
 
 #: Sends a ``Progressing`` condition on its way (the daemon: outbox, then the flusher).
 ProgressSink = Callable[[Condition], Awaitable[None]]
+
+T = TypeVar("T")
 
 #: How long one reconciler may run unless the caller says otherwise.
 DEFAULT_TIMEOUT = 3600.0
@@ -158,8 +163,13 @@ class ReconcileContext:
         env: Mapping[str, str] | None = None,
         time_limit: float | None = None,
     ) -> CommandResult:
-        """``host.run`` in a thread (killed after ``time_limit`` s); raises ``CommandError``."""
-        return await asyncio.to_thread(self.host.run, argv, env, time_limit)
+        """``host.run`` (killed after ``time_limit`` s) in a thread of its own; raises
+        ``CommandError``.
+
+        Not in the loop's shared pool (``asyncio.to_thread``): the agent process gives it two
+        threads, and an install running for minutes, or the command of a superseded pass
+        that runs on, would hold up every pull, report and outbox write behind it."""
+        return await _own_thread(functools.partial(self.host.run, argv, env, time_limit))
 
     async def reboot(self) -> NoReturn:
         """Make the outbox durable, then reboot; raises ``RebootRequested``.
@@ -188,6 +198,23 @@ class ReconcileContext:
         if not (state.ca.exists() and state.cert.exists() and state.key.exists()):
             return None
         return client_tls(state.ca, state.cert, state.key)
+
+
+async def _own_thread(call: Callable[[], T]) -> T:
+    """``call()`` in a new daemon thread. Cancelling the await leaves it running to its end
+    (a command's own timeout), and neither the pool nor the process's exit waits for it."""
+    future: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+    def work() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(call())
+        except BaseException as e:  # noqa: BLE001 - handed to the awaiting task
+            future.set_exception(e)
+
+    threading.Thread(target=work, name="agent-command", daemon=True).start()
+    return await asyncio.wrap_future(future)
 
 
 async def run_reconcile(

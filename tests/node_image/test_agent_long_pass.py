@@ -1,8 +1,10 @@
 """A long reconcile does not hold the agent up (issue 7, "the agent's seams").
 
-- An install stand-in that runs a real command for a long time (``sleep``, in a thread through
+- An install stand-in that runs a real command for a long time (``sleep``, through
   ``ctx.run`` as the K3s reconciler runs ``install.sh``): a nudge still brings the newer
-  spec, which supersedes the pass and converges while the command is still running.
+  spec, which supersedes the pass; twice, and the third generation converges while both
+  superseded commands still run. Each command has a thread of its own: in the shared pool
+  of two threads (as ``corral-agent run`` has) the two would hold up every pull and report.
 - The daemon's waits never lose a cancel: on Python 3.11 ``asyncio.wait_for`` returned the
   event's result when it had just been set as the waiting task was cancelled, so a worker
   or flusher being stopped waited on, and ``Agent.stop`` with it (the stall seen once in a
@@ -15,6 +17,7 @@ import asyncio
 import json
 import os
 import signal
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -38,23 +41,27 @@ def config(content: str) -> dict[str, Any]:
 
 class SlowInstall:
     """Runs an "installer" (a real ``sleep`` through ``ctx.run``, in a thread) while the
-    spec's ``/etc/app.conf`` says ``slow``; it writes its pid to ``pidfile`` first."""
+    spec's ``/etc/app.conf`` starts with ``slow``; it writes its pid to ``pidfile(content)``."""
 
     name = "install"
 
-    def __init__(self, pidfile: Path) -> None:
-        self.pidfile = pidfile
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
         self.passes: list[str] = []
 
     def __call__(self, state: StateDir) -> SlowInstall:  # the registry's factory
         return self
 
+    def pidfile(self, content: str) -> Path:
+        return self.directory / f"{content}.pid"
+
     async def reconcile(self, spec: Spec, ctx: ReconcileContext) -> Condition:
         content = spec.config[0].content if spec.config else ""
         self.passes.append(content)
-        if content == "slow":
+        if content.startswith("slow"):
             await ctx.progress(None, "Installing", "the installer is running")
-            script = f'echo $$ > "{self.pidfile}.tmp" && mv "{self.pidfile}.tmp" "{self.pidfile}"'
+            pidfile = self.pidfile(content)
+            script = f'echo $$ > "{pidfile}.tmp" && mv "{pidfile}.tmp" "{pidfile}"'
             await ctx.run(["sh", "-c", f"{script} && exec sleep 300"], time_limit=600)
         return Condition(type=self.name, status="Ready", message=content)
 
@@ -67,37 +74,42 @@ def alive(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
 
 
-async def test_a_nudge_during_a_long_install_supersedes_it_while_the_installer_runs(
+async def test_nudges_during_long_installs_supersede_them_while_the_installers_run(
     server: Server, tmp_path: Path
 ) -> None:
-    await asyncio.to_thread(set_group, server, "slow", "site=slow", config("slow"))
-    install = SlowInstall(tmp_path / "installer.pid")
+    # As in ``corral-agent run`` (cli.run_agent): the loop's shared pool has two threads.
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=2))
+    await asyncio.to_thread(set_group, server, "slow", "site=slow", config("slow1"))
+    install = SlowInstall(tmp_path)
     token = (await asyncio.to_thread(server.create_token, labels={"site": "slow"}))["token"]
     (tmp_path / "seed.json").write_text(json.dumps({"server": server.url, "token": token}))
     seed = await asyncio.to_thread(seed_mod.load, tmp_path / "seed.json")
     settings = AgentSettings(reconcilers=(ConfigReconciler, install), poll_interval=300)
     agent = Agent(tmp_path / "state", SimulatedHost(tmp_path / "device"), seed, settings)
     run = asyncio.create_task(agent.run())
-    pid = 0
+    pids: list[int] = []
     try:
-        await wait_for("the installer started", install.pidfile.exists, WAIT)
-        pid = int(install.pidfile.read_text())
-        await wait_for("MQTT", lambda: agent.mqtt_connected, WAIT)
-        # Polls are 300 s apart: only the nudge can bring generation 2.
-        await asyncio.to_thread(set_group, server, "slow", "", config("fast"))
-        status = await asyncio.wait_for(agent.wait_for_generation(2, acked=True), WAIT)
-        # Converged, reported and acknowledged while the first pass's installer still runs.
-        assert alive(pid)
-        assert status.ok and status.observed_generation == 2
-        assert install.passes[:2] == ["slow", "fast"]
+        for content in ("slow1", "slow2"):
+            pidfile = install.pidfile(content)
+            await wait_for(f"the installer of {content} started", pidfile.exists, WAIT)
+            pids.append(int(pidfile.read_text()))
+            await wait_for("MQTT", lambda: agent.mqtt_connected, WAIT)
+            # Polls are 300 s apart: only a nudge brings the next generation.
+            following = "slow2" if content == "slow1" else "fast"
+            await asyncio.to_thread(set_group, server, "slow", "", config(following))
+        status = await asyncio.wait_for(agent.wait_for_generation(3, acked=True), WAIT)
+        # Converged, reported and acknowledged while both superseded installers still run.
+        assert all(alive(pid) for pid in pids)
+        assert status.ok and status.observed_generation == 3
+        assert install.passes[:3] == ["slow1", "slow2", "fast"]
         by_type = {c.type: c for c in status.conditions}
         assert by_type["install"].message == "fast" and by_type["config"].status == "Applied"
         assert (agent.host.rootfs / "etc/app.conf").read_text() == "fast"
         shown = await asyncio.to_thread(device, server, agent.device_id or "")
-        assert shown["in_sync"] and shown["reported"]["observed_generation"] == 2
+        assert shown["in_sync"] and shown["reported"]["observed_generation"] == 3
     finally:
-        if pid:
-            os.kill(pid, signal.SIGKILL)  # the leftover installer: its thread then returns
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)  # the leftover installers: their threads then end
         await asyncio.wait_for(agent.stop(), 10)
         await asyncio.wait_for(run, 10)
     assert run.exception() is None
