@@ -14,12 +14,14 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import signal
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from node_image.agent import seed as seed_mod
 from node_image.agent.context import ReconcileContext
@@ -30,9 +32,9 @@ from node_image.agent.worker import wait_event
 from node_image.host import SimulatedHost
 from registration.desired import Condition, Spec
 from tests.support import Server, device, set_group
-from tests.waiting import wait_for
 
 WAIT = 30.0
+T = TypeVar("T")
 
 
 def config(content: str) -> dict[str, Any]:
@@ -77,41 +79,60 @@ def alive(pid: int) -> bool:
 async def test_nudges_during_long_installs_supersede_them_while_the_installers_run(
     server: Server, tmp_path: Path
 ) -> None:
-    # As in ``corral-agent run`` (cli.run_agent): the loop's shared pool has two threads.
-    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=2))
-    await asyncio.to_thread(set_group, server, "slow", "site=slow", config("slow1"))
+    # As in ``corral-agent run`` (cli.run_agent): the loop's shared pool has two threads,
+    # and the agent alone uses it (the test's blocking calls have a pool of their own).
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=2))
+    side = ThreadPoolExecutor(max_workers=2)
+
+    async def off(call: Callable[..., T], *args: Any) -> T:
+        return await loop.run_in_executor(side, functools.partial(call, *args))
+
+    async def poll(what: str, check: Callable[[], object]) -> None:
+        try:
+            async with asyncio.timeout(WAIT):
+                while not await off(check):  # noqa: ASYNC110 - another process writes it
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            raise AssertionError(f"timed out after {WAIT:g}s waiting for {what}") from None
+
+    await off(set_group, server, "slow", "site=slow", config("slow1"))
     install = SlowInstall(tmp_path)
-    token = (await asyncio.to_thread(server.create_token, labels={"site": "slow"}))["token"]
-    (tmp_path / "seed.json").write_text(json.dumps({"server": server.url, "token": token}))
-    seed = await asyncio.to_thread(seed_mod.load, tmp_path / "seed.json")
+    token = (await off(lambda: server.create_token(labels={"site": "slow"})))["token"]
+    seed_file = tmp_path / "seed.json"
+    await off(seed_file.write_text, json.dumps({"server": server.url, "token": token}))
+    seed = await off(seed_mod.load, seed_file)
+    host = SimulatedHost(tmp_path / "device")
     settings = AgentSettings(reconcilers=(ConfigReconciler, install), poll_interval=300)
-    agent = Agent(tmp_path / "state", SimulatedHost(tmp_path / "device"), seed, settings)
+    agent = Agent(tmp_path / "state", host, seed, settings)
     run = asyncio.create_task(agent.run())
     pids: list[int] = []
     try:
-        for content in ("slow1", "slow2"):
+        for content, following in (("slow1", "slow2"), ("slow2", "fast")):
             pidfile = install.pidfile(content)
-            await wait_for(f"the installer of {content} started", pidfile.exists, WAIT)
-            pids.append(int(pidfile.read_text()))
-            await wait_for("MQTT", lambda: agent.mqtt_connected, WAIT)
+            await poll(f"the installer of {content} started", pidfile.exists)
+            pids.append(int(await off(pidfile.read_text)))
+            await poll("MQTT", lambda: agent.mqtt_connected)
             # Polls are 300 s apart: only a nudge brings the next generation.
-            following = "slow2" if content == "slow1" else "fast"
-            await asyncio.to_thread(set_group, server, "slow", "", config(following))
+            await off(set_group, server, "slow", "", config(following))
         status = await asyncio.wait_for(agent.wait_for_generation(3, acked=True), WAIT)
         # Converged, reported and acknowledged while both superseded installers still run.
-        assert all(alive(pid) for pid in pids)
+        assert all([await off(alive, pid) for pid in pids])
         assert status.ok and status.observed_generation == 3
         assert install.passes[:3] == ["slow1", "slow2", "fast"]
         by_type = {c.type: c for c in status.conditions}
         assert by_type["install"].message == "fast" and by_type["config"].status == "Applied"
-        assert (agent.host.rootfs / "etc/app.conf").read_text() == "fast"
-        shown = await asyncio.to_thread(device, server, agent.device_id or "")
+        assert await off((host.rootfs / "etc/app.conf").read_text) == "fast"
+        shown = await off(device, server, agent.device_id or "")
         assert shown["in_sync"] and shown["reported"]["observed_generation"] == 3
     finally:
         for pid in pids:
             os.kill(pid, signal.SIGKILL)  # the leftover installers: their threads then end
-        await asyncio.wait_for(agent.stop(), 10)
-        await asyncio.wait_for(run, 10)
+        try:
+            await asyncio.wait_for(agent.stop(), 10)
+            await asyncio.wait_for(run, 10)
+        finally:
+            side.shutdown(wait=False, cancel_futures=True)
     assert run.exception() is None
 
 
