@@ -5,6 +5,8 @@ the 600 s poll), while its status still reaches the server over HTTPS."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -46,7 +48,15 @@ def test_agent_reconnects_when_its_status_is_not_acknowledged_over_mqtt(tmp_path
         def connects() -> int:
             return log.read_text().count("MQTT connected to") if log.exists() else 0
 
-        wait_until("the agent on the deaf broker", lambda: connects() >= 1, 30)
+        # The first status must go out with MQTT up: when the spec pull beats the MQTT
+        # connect, status 1 goes over HTTPS and no later status comes (polls are 600 s apart
+        # while connected). So the server holds the pull until the agent has connected.
+        wait_until("registered", lambda: log.exists() and "registered as" in log.read_text(), 60)
+        os.kill(server.pid, signal.SIGSTOP)
+        try:
+            wait_until("the agent on the deaf broker", lambda: connects() >= 1, 20)
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
         wait_until("an unacknowledged status", lambda: "not acknowledged" in log.read_text(), 30)
         wait_until("a new MQTT session", lambda: connects() >= 2, 30)
         text = log.read_text()
