@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from node_image.agent import clock
 from node_image.agent.context import ReconcileContext, run_reconcile
 from node_image.agent.outbox import Outbox
 from node_image.agent.reconcilers import Reconciler, build
@@ -232,9 +233,19 @@ class Agent:
         return identity
 
     def _register(self, seed: Seed) -> register_mod.Result:
-        from node_image.agent import register  # requests and cryptography: only to register
+        from node_image.agent import firstboot  # cryptography: only to register
 
-        return register.register(seed, self.state, collect=self.host.collect_facts)
+        return firstboot.register_once(seed, self.state, self.host)
+
+    def _recover_clock(self, server: str, error: ApiError) -> bool:
+        """TLS refused the server's certificate for its dates: set the clock from the server
+        (over the CA pinned at registration) when it is off. True if it was set (blocking)."""
+        if not clock.is_date_error(error):
+            return False
+        from registration import identity  # cryptography: only when the clock is wrong
+
+        pinned = identity.fingerprint(identity.cert_from_pem(self.state.ca.read_bytes()))
+        return clock.recover(self.host, server, pinned, error)
 
     async def _open(self, identity: Identity) -> _Link:
         s = self.settings
@@ -360,6 +371,9 @@ class Agent:
         try:
             await self._pull(link)
         except ApiError as e:
+            if await asyncio.to_thread(self._recover_clock, link.identity.api, e):
+                self._pull_now = True  # the clock was wrong: try again at once
+                return False
             delay = t.pull_backoff.next()
             t.pull_blocked_until = time.monotonic() + delay
             log.warning("spec pull failed: %s; next try in %.0fs", e, delay)
