@@ -97,9 +97,12 @@ def read_partition_seed(host: Host, device: str) -> bytes | None:
 def candidates(host: Host, explicit: str | None, partitions: bool) -> Iterator[tuple[str, bytes]]:
     """(where, raw bytes) of every seed found, in the order they are preferred."""
     if explicit and explicit != AUTO:
-        raw = _read(host, explicit)
-        if raw is not None:
-            yield explicit, raw
+        # A path of the machine running the agent (a simulated host's too), as given.
+        try:
+            with open(explicit, "rb") as f:  # noqa: PTH123 - a path as given on the command line
+                yield explicit, f.read(MAX_SEED_BYTES + 1)
+        except FileNotFoundError:
+            log.debug("seed %s not there; looking elsewhere", explicit)
     on_cmdline = cmdline_seed_path(host.kernel_cmdline())
     if on_cmdline is not None:
         raw = _read(host, on_cmdline)
