@@ -151,7 +151,13 @@ def correct_from_server(host: Host, server: str, ca_fingerprint: str) -> bool:
         log.info("clock within %.0fs of %s's; left to time sync", skew, server)
         return False
     host.set_clock(theirs)
-    log.warning("clock set from %s: %s (it was %+.0fs off)", server, iso(theirs), -skew)
+    log.warning(
+        "clock set from %s: %s (it was %.0fs %s)",
+        server,
+        iso(theirs),
+        abs(skew),
+        "behind" if skew > 0 else "ahead",
+    )
     return True
 
 
