@@ -189,11 +189,20 @@ def recover(host: Host, server: str, ca_fingerprint: str, error: BaseException) 
     from the server. True if the clock was set (try again at once)."""
     if not is_date_error(error):
         return False
-    log.warning(
-        "%s's certificate is not valid at this device's time (%s): taking the time from it",
-        server,
-        iso(time.time()),
-    )
+    now, earliest = time.time(), floor(host)
+    if now < earliest:
+        log.warning(
+            "the clock says %s, before this agent was built (%s): taking the time from %s",
+            iso(now),
+            iso(earliest),
+            server,
+        )
+    else:
+        log.warning(
+            "%s's certificate is not valid at this device's time (%s): taking the time from it",
+            server,
+            iso(now),
+        )
     try:
         return correct_from_server(host, server, ca_fingerprint)
     except ClockError as e:

@@ -9,6 +9,7 @@ import os
 import signal
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -123,3 +124,14 @@ def test_blank_image_waits_for_a_seed_then_applies_it_and_registers(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_simulated_host_records_the_clock_settings_and_leaves_the_real_clock(
+    tmp_path: Path,
+) -> None:
+    host = SimulatedHost(tmp_path / "host")
+    host.set_clock(86400.0)
+    host.set_clock(1_800_000_000.5)
+    recorded = json.loads((tmp_path / "host" / "clock.json").read_text())
+    assert recorded == {"set": [86400.0, 1_800_000_000.5]}
+    assert time.time() > 1_700_000_000
