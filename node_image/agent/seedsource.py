@@ -64,14 +64,13 @@ def _read(host: Host, path: str) -> bytes | None:
 
 def labelled_devices(host: Host, label: str) -> list[str]:
     """Block devices whose filesystem label is ``label`` (``blkid``, no cache, no udev)."""
+    argv = ["blkid", "-c", "/dev/null", "-t", f"LABEL={label}", "-o", "device"]
     try:
-        listed = host.run(
-            ["blkid", "-c", "/dev/null", "-t", f"LABEL={label}", "-o", "device"], {}, 60
-        )
-    except CommandFailed as e:
-        if e.exit_code == 2:  # blkid: nothing matched
-            return []
-        raise
+        listed = host.run(argv, {}, 60)
+    except CommandError as e:
+        if not (isinstance(e, CommandFailed) and e.exit_code == 2):  # 2: nothing matched
+            log.info("no partitions labelled %s looked for: %s", label, e)
+        return []
     return [line for line in listed.stdout.decode(errors="replace").split() if line]
 
 
@@ -84,14 +83,15 @@ def read_partition_seed(host: Host, device: str) -> bytes | None:
             log.info("seed partition %s not mounted: %s", device, e)
             return None
         try:
-            path = Path(mountpoint) / PARTITION_SEED
-            try:
-                with path.open("rb") as f:
-                    return f.read(MAX_SEED_BYTES + 1)
-            except FileNotFoundError:
-                return None
+            with (Path(mountpoint) / PARTITION_SEED).open("rb") as f:
+                return f.read(MAX_SEED_BYTES + 1)
+        except FileNotFoundError:
+            return None
         finally:
-            host.run(["umount", mountpoint], {}, 60)
+            try:
+                host.run(["umount", mountpoint], {}, 60)
+            except CommandError as e:
+                log.warning("seed partition %s left mounted: %s", device, e)
 
 
 def candidates(host: Host, explicit: str | None, partitions: bool) -> Iterator[tuple[str, bytes]]:
