@@ -176,3 +176,13 @@ def test_registered_agent_rebooted_into_1970_recovers_instead_of_looping(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_the_servers_time_is_taken_only_over_the_pinned_ca(server: Server) -> None:
+    from node_image.agent import clock
+    from registration import identity
+
+    pinned = identity.fingerprint(identity.cert_from_pem(server.ca.read_bytes()))
+    assert abs(clock.server_time(server.url, pinned) - time.time()) < 5
+    with pytest.raises(clock.ClockError, match="not from the pinned CA"):
+        clock.server_time(server.url, "00" * 32)
