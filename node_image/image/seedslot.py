@@ -19,6 +19,7 @@ import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pycdlib
 from pycdlib.pycdlibexception import PyCdlibException
@@ -63,7 +64,7 @@ def find_slot(iso: Path) -> tuple[int, int]:
     return offset, length
 
 
-def _seed_record(image: pycdlib.PyCdlib, iso: Path) -> object:
+def _seed_record(image: pycdlib.PyCdlib, iso: Path) -> Any:
     """The directory record of the seed file, by its Rock Ridge, Joliet or ISO 9660 name."""
     attempts: list[dict[str, str]] = []
     if image.has_rock_ridge():
