@@ -2,7 +2,7 @@
 its seed slot, streamed (``ops.seed_images``).
 
 No copy is stored: the base ISO is read a chunk at a time in a thread and the slot's bytes
-are substituted on the way out (``node_image.image.seedslot.splice``), so the answer is
+are substituted on the way out (``node_image.image.seedslot.stream``), so the answer is
 byte for byte what ``corral image seed`` writes for the same seed. Range resumes a cut
 download; the ETag changes with the base ISO and the seed.
 """
@@ -20,7 +20,7 @@ from edge_server.auth import operator
 from edge_server.errors import BadRequest, NotFound
 from edge_server.keys import CA, SETTINGS, STORE, TOKEN_SEALER
 from edge_server.ops import seed_images as seed_ops
-from node_image.image.seedslot import splice
+from node_image.image import seedslot
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +72,6 @@ def seed_document(request: web.Request) -> dict[str, Any]:
     return document
 
 
-def _open_at(path: Any, offset: int) -> Any:
-    f = open(path, "rb")  # closed by the caller
-    f.seek(offset)
-    return f
-
-
 @routes.get("/api/v1/tokens/{token_id}/seed.iso")
 @operator("operator")
 async def seed_iso(request: web.Request) -> web.StreamResponse:
@@ -94,8 +88,9 @@ async def seed_iso(request: web.Request) -> web.StreamResponse:
     base = image.base
     span = byte_range(request, base.size, image.etag)
     start, stop = span if span is not None else (0, base.size)
+    chunks = seedslot.stream(base.path, base.slot_offset, image.slot, start, stop, SEND_CHUNK)
     try:
-        f = await asyncio.to_thread(_open_at, base.path, start)
+        first = await asyncio.to_thread(next, chunks, b"")
     except FileNotFoundError as e:
         raise NotFound(f"base ISO {base.artifact_id} has no file in the mirror") from e
     response = web.StreamResponse(status=206 if span is not None else 200)
@@ -106,18 +101,19 @@ async def seed_iso(request: web.Request) -> web.StreamResponse:
     response.headers["Content-Disposition"] = f'attachment; filename="{image.filename}"'
     if span is not None:
         response.headers["Content-Range"] = f"bytes {start}-{stop - 1}/{base.size}"
-    pos = start
+    sent = 0
     try:
         await response.prepare(request)
-        while pos < stop:
-            chunk = await asyncio.to_thread(f.read, min(SEND_CHUNK, stop - pos))
-            if not chunk:
-                raise NotFound(f"base ISO {base.artifact_id}: the file is shorter than recorded")
-            await response.write(splice(chunk, pos, base.slot_offset, image.slot))
-            pos += len(chunk)
+        chunk = first
+        while chunk:
+            await response.write(chunk)
+            sent += len(chunk)
+            chunk = await asyncio.to_thread(next, chunks, b"")
+        if sent != stop - start:
+            raise NotFound(f"base ISO {base.artifact_id}: the file is shorter than recorded")
         await response.write_eof()
     except ConnectionError:
-        log.info("seed ISO download for %s cut after %s bytes", image.seed.token.token_id, pos)
+        log.info("seed ISO download for %s cut after %s bytes", image.seed.token.token_id, sent)
     finally:
-        await asyncio.to_thread(f.close)
+        await asyncio.to_thread(chunks.close)
     return response

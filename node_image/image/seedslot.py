@@ -17,7 +17,7 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -144,7 +144,7 @@ def stream(
     start: int = 0,
     end: int | None = None,
     chunk: int = CHUNK,
-) -> Iterator[bytes]:
+) -> Generator[bytes, None, None]:
     """The bytes ``[start, end)`` of ``base`` with ``seed_bytes`` at ``slot_offset``.
 
     ``end`` defaults to the file's size. Reads ``chunk`` bytes at a time; the caller checks
