@@ -37,7 +37,14 @@ FILLER = 240 * 1000 * 1000
 
 def find_base(workdir: Path) -> tuple[Path, str]:
     """The cached base ISO with a seed slot, newest first; else a made one."""
-    for iso in sorted(CACHE.rglob("*.iso"), key=lambda p: p.stat().st_mtime, reverse=True):
+    # Not rglob: a build in progress there holds a root filesystem with /proc mounted.
+    found = [
+        iso
+        for pattern in ("*.iso", "*/*.iso", "*/*/*.iso")
+        for iso in CACHE.glob(pattern)
+        if not any(part.startswith(".") for part in iso.relative_to(CACHE).parts)
+    ]
+    for iso in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True):
         try:
             seedslot.find_slot(iso)
         except seedslot.SeedSlotError as e:
