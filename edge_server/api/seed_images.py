@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from edge_server.api.artifacts import SEND_CHUNK, byte_range
+from edge_server.api.artifacts import SEND_CHUNK, byte_range, ranged_response
 from edge_server.auth import operator
 from edge_server.errors import BadRequest, NotFound
 from edge_server.keys import CA, SETTINGS, STORE, TOKEN_SEALER
@@ -87,20 +87,13 @@ async def seed_iso(request: web.Request) -> web.StreamResponse:
     )
     base = image.base
     span = byte_range(request, base.size, image.etag)
-    start, stop = span if span is not None else (0, base.size)
+    response, start, stop = ranged_response(span, base.size, image.etag)
+    response.headers["Content-Disposition"] = f'attachment; filename="{image.filename}"'
     chunks = seedslot.stream(base.path, base.slot_offset, image.slot, start, stop, SEND_CHUNK)
     try:
         first = await asyncio.to_thread(next, chunks, b"")
     except FileNotFoundError as e:
         raise NotFound(f"base ISO {base.artifact_id} has no file in the mirror") from e
-    response = web.StreamResponse(status=206 if span is not None else 200)
-    response.content_type = "application/octet-stream"
-    response.content_length = stop - start
-    response.headers["Accept-Ranges"] = "bytes"
-    response.headers["ETag"] = image.etag
-    response.headers["Content-Disposition"] = f'attachment; filename="{image.filename}"'
-    if span is not None:
-        response.headers["Content-Range"] = f"bytes {start}-{stop - 1}/{base.size}"
     sent = 0
     try:
         await response.prepare(request)
