@@ -135,7 +135,7 @@ async def delete_artifact(request: web.Request) -> web.Response:
     return json_response(done)
 
 
-def _byte_range(request: web.Request, size: int, etag: str) -> tuple[int, int] | None:
+def byte_range(request: web.Request, size: int, etag: str) -> tuple[int, int] | None:
     """``(start, stop)`` asked for by ``Range`` (one range; ``If-Range`` honoured), or None
     for the whole file. Raises 416 for a range outside the file."""
     if "Range" not in request.headers:
@@ -156,6 +156,22 @@ def _byte_range(request: web.Request, size: int, etag: str) -> tuple[int, int] |
     return start, stop
 
 
+def ranged_response(
+    span: tuple[int, int] | None, size: int, etag: str
+) -> tuple[web.StreamResponse, int, int]:
+    """The response for ``span`` (from :func:`byte_range`) of a file of ``size`` bytes, not
+    yet prepared: 200 whole or 206 with Content-Range; and the ``(start, stop)`` to send."""
+    start, stop = span if span is not None else (0, size)
+    response = web.StreamResponse(status=206 if span is not None else 200)
+    response.content_type = "application/octet-stream"
+    response.content_length = stop - start
+    response.headers["Accept-Ranges"] = "bytes"
+    response.headers["ETag"] = etag
+    if span is not None:
+        response.headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
+    return response, start, stop
+
+
 def _open_at(path: Path, offset: int) -> IO[bytes]:
     f = open(path, "rb")  # closed by the caller
     f.seek(offset)
@@ -174,19 +190,12 @@ async def artifact_content(request: web.Request) -> web.StreamResponse:
     path = mirror.path_of(app[SETTINGS].artifacts_dir, row.sha256)
     etag = f'"{row.sha256}"'
     served = app[ARTIFACTS_SERVED]
-    span = _byte_range(request, row.size, etag)
-    start, stop = span if span is not None else (0, row.size)
+    span = byte_range(request, row.size, etag)
+    response, start, stop = ranged_response(span, row.size, etag)
     try:
         f = await asyncio.to_thread(_open_at, path, start)
     except FileNotFoundError as e:
         raise NotFound(f"artifact {row.id} has no file in the mirror") from e
-    response = web.StreamResponse(status=206 if span is not None else 200)
-    response.content_type = "application/octet-stream"
-    response.content_length = stop - start
-    response.headers["Accept-Ranges"] = "bytes"
-    response.headers["ETag"] = etag
-    if span is not None:
-        response.headers["Content-Range"] = f"bytes {start}-{stop - 1}/{row.size}"
     served.requests += 1
     served.range_requests += span is not None
     try:
