@@ -22,6 +22,8 @@ import hashlib
 import logging
 import mmap
 import os
+import queue
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +38,8 @@ from node_image.image.system_disks import read_system_disks
 log = logging.getLogger(__name__)
 
 BLOCK = 4 << 20
+#: Buffers in flight: one being read, one being written or hashed, one spare.
+DEPTH = 3
 #: O_DIRECT needs offsets and lengths in multiples of the logical block size (512 or 4096).
 ALIGN = 4096
 #: ioctl: re-read the partition table, so the new image's partitions show up.
@@ -121,36 +125,88 @@ def _fill(src: int, buf: memoryview) -> int:
     return got
 
 
+#: (buffer, want) -> bytes read into it (fewer only at the end of the source)
+Reader = Callable[[memoryview, int], int]
+
+
+def _pipeline(read: Reader, total: int, consume: Callable[[memoryview], None]) -> int:
+    """``total`` bytes in blocks: a thread reads the next blocks (into page-aligned ``mmap``
+    buffers, as O_DIRECT wants) while ``consume`` writes or hashes the current one. Both sides
+    spend their time in system calls or hashlib, which release the GIL. The bytes consumed."""
+    buffers = [mmap.mmap(-1, BLOCK) for _ in range(DEPTH)]
+    free: queue.Queue[int | None] = queue.Queue()
+    full: queue.Queue[tuple[int, int] | BaseException | None] = queue.Queue()
+    stop = threading.Event()
+    for i in range(DEPTH):
+        free.put(i)
+
+    def produce() -> None:
+        try:
+            done = 0
+            while done < total:
+                i = free.get()
+                if i is None or stop.is_set():
+                    return
+                want = min(BLOCK, total - done)
+                with memoryview(buffers[i]) as view:
+                    n = min(read(view, want), want)
+                full.put((i, n))
+                if n < want:
+                    break
+                done += n
+            full.put(None)
+        except BaseException as e:  # handed to the consuming thread, which raises it
+            full.put(e)
+
+    thread = threading.Thread(target=produce, name="flash-read", daemon=True)
+    thread.start()
+    consumed = 0
+    try:
+        while (item := full.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            i, n = item
+            with memoryview(buffers[i]) as view:
+                consume(view[:n])
+            consumed += n
+            if n == 0:
+                break
+            free.put(i)
+    finally:
+        stop.set()
+        free.put(None)
+        thread.join()
+        for buffer in buffers:
+            buffer.close()
+    return consumed
+
+
 def write_image(image: Path, device: str, size: int, advance: Advance) -> None:
     """Write ``size`` bytes of ``image`` to the start of ``device``; fsync."""
-    buffer = mmap.mmap(-1, BLOCK)  # page-aligned, as O_DIRECT wants
-    view = memoryview(buffer)
     fd = _open_target(path=device)
     try:
         end = os.lseek(fd, 0, os.SEEK_END)
         os.lseek(fd, 0, os.SEEK_SET)
         if end < size:  # the filter checked udev's size; this is the kernel's, at open
             raise FlashRefused(f"refusing to write to {device}: {end} bytes < image {size}")
+
+        def write(block: memoryview) -> None:
+            aligned = len(block) - len(block) % ALIGN
+            _write_all(fd, block[:aligned])
+            if aligned < len(block):  # the tail: O_DIRECT off for the last few bytes
+                flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+                fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
+                _write_all(fd, block[aligned:])
+            advance(len(block))
+
         with open(image, "rb", buffering=0) as src:
-            done = 0
-            while done < size:
-                n = _fill(src.fileno(), view[: min(BLOCK, size - done)])
-                if n == 0:
-                    raise AgentError(f"{image} ended at {done} of {size} bytes")
-                aligned = n - n % ALIGN
-                _write_all(fd, view[:aligned])
-                if aligned < n:  # the tail: O_DIRECT off for the last few bytes
-                    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-                    fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
-                    _write_all(fd, view[aligned:n])
-                done += n
-                advance(n)
+            done = _pipeline(lambda view, want: _fill(src.fileno(), view[:want]), size, write)
+        if done != size:
+            raise AgentError(f"{image} ended at {done} of {size} bytes")
         os.fsync(fd)
         _reread_partitions(fd, device)
     finally:
         os.close(fd)
-        view.release()
-        buffer.close()
 
 
 def _reread_partitions(fd: int, device: str) -> None:
@@ -161,25 +217,20 @@ def _reread_partitions(fd: int, device: str) -> None:
 
 
 def _hash_device(device: str, size: int, advance: Advance) -> str:
-    buffer = mmap.mmap(-1, BLOCK)
-    view = memoryview(buffer)
     digest = hashlib.sha256()
+
+    def hash_block(block: memoryview) -> None:
+        digest.update(block)
+        advance(len(block))
+
     fd = os.open(device, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
     try:
-        done = 0
-        while done < size:
-            want = min(BLOCK, size - done)
-            n = os.readv(fd, [view[: want + (-want) % ALIGN]])
-            if n == 0:
-                break
-            n = min(n, want)
-            digest.update(view[:n])
-            done += n
-            advance(n)
+        # O_DIRECT reads whole logical blocks: the last read is rounded up, then cut.
+        done = _pipeline(
+            lambda view, want: _fill(fd, view[: want + (-want) % ALIGN]), size, hash_block
+        )
     finally:
         os.close(fd)
-        view.release()
-        buffer.close()
     if done != size:
         raise AgentError(f"{device} read back only {done} of {size} bytes")
     return digest.hexdigest()
