@@ -109,9 +109,10 @@ def main() -> int:
         shutil.rmtree(scratch, ignore_errors=True)
 
     def rate(seconds: float) -> float:
-        return size / seconds / MB
+        return float(size / seconds / MB)
 
-    dd_s, write_s, total_s = median(dd), median(write), median([w + c for w, c in zip(write, check, strict=True)])
+    dd_s, write_s = median(dd), median(write)
+    total_s = median([w + c for w, c in zip(write, check, strict=True)])
     ratio = rate(write_s) / rate(dd_s)
     load = os.getloadavg()[0]
     figure = (

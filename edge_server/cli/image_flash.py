@@ -83,7 +83,8 @@ def cmd_devices(args: argparse.Namespace) -> int:
 def describe(device: BlockDevice) -> str:
     """``/dev/sdb: SanDisk Cruzer, 14.9 GiB, serial 4C5300…``: what the operator confirms."""
     model = device.model or "unknown model"
-    return f"{device.node}: {model}, {output.size(device.size_bytes)}, serial {device.serial or '-'}"
+    size = output.size(device.size_bytes)
+    return f"{device.node}: {model}, {size}, serial {device.serial or '-'}"
 
 
 def _image_size(image: Path) -> int:

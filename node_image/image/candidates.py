@@ -12,9 +12,10 @@ pyudev.
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from node_image.errors import AgentError
@@ -25,6 +26,10 @@ from registration.facts import SECTOR_BYTES, disk_bus, disk_serial
 CANDIDATE_BUSES = ("usb",)
 
 
+#: The sysfs line of a recorded property set: lower-case ``key=value`` pairs.
+_FACTS = re.compile(r"(?:[a-z_]+=\S*\s*)+")
+
+
 @dataclass(frozen=True)
 class BlockDevice:
     """One block device as udev and sysfs describe it."""
@@ -33,7 +38,6 @@ class BlockDevice:
     size_bytes: int
     removable: bool
     read_only: bool = False
-    extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def node(self) -> str:
@@ -84,9 +88,7 @@ def refusals(
     if device.size_bytes == 0:
         why.append("has no medium (size 0)")
     elif image_size is not None and device.size_bytes < image_size:
-        why.append(
-            f"is smaller than the image ({device.size_bytes} < {image_size} bytes)"
-        )
+        why.append(f"is smaller than the image ({device.size_bytes} < {image_size} bytes)")
     if device.is_loop:
         if not explicit:
             why.append("is a loop device (accepted only when named with --device)")
@@ -101,7 +103,7 @@ def parse_properties(text: str) -> BlockDevice:
     properties: dict[str, str] = {}
     facts: dict[str, str] = {}
     for line in text.splitlines():
-        if " " in line and line.split(" ", 1)[0].islower():
+        if _FACTS.fullmatch(line):
             facts.update(dict(pair.split("=", 1) for pair in line.split()))
         elif "=" in line:
             key, _, value = line.partition("=")

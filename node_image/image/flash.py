@@ -85,9 +85,7 @@ def check_target(path: str, size: int, *, explicit: bool = True) -> BlockDevice:
     return device
 
 
-def flash(
-    image: Path, device_path: str, *, on_write: Advance, on_verify: Advance
-) -> FlashResult:
+def flash(image: Path, device_path: str, *, on_write: Advance, on_verify: Advance) -> FlashResult:
     """Check ``device_path``, write ``image`` to it, verify; the result with the sha256."""
     size = image_size(image)
     device = check_target(device_path, size)

@@ -133,9 +133,7 @@ def test_a_path_that_is_not_a_block_device_is_refused(tmp_path: Path, image: Pat
     refused(corral("flash", str(image), "--device", missing, "--yes"), "no such device")
 
 
-def test_without_a_terminal_and_without_yes_nothing_is_written(
-    tmp_path: Path, image: Path
-) -> None:
+def test_without_a_terminal_and_without_yes_nothing_is_written(tmp_path: Path, image: Path) -> None:
     backing = make(tmp_path / "stick.img", 16 * MiB)
     with loop_device(backing) as device:
         refused(corral("flash", str(image), "--device", device), "add --yes")
@@ -167,9 +165,10 @@ def test_a_device_that_reads_back_other_bytes_fails_verification(
     size = image.stat().st_size
     with loop_device(backing) as device:
         flash.write_image(image, device, size, lambda n: None)
-        assert flash.verify(image, device, size, lambda n: None) == hashlib.sha256(
-            image.read_bytes()
-        ).hexdigest()
+        assert (
+            flash.verify(image, device, size, lambda n: None)
+            == hashlib.sha256(image.read_bytes()).hexdigest()
+        )
         with open(device, "r+b") as f:  # one byte changes on the device
             f.seek(5 * MiB)
             f.write(b"\x00" if image.read_bytes()[5 * MiB] else b"\x01")
