@@ -38,6 +38,8 @@ class BlockDevice:
     size_bytes: int
     removable: bool
     read_only: bool = False
+    #: A loop device's backing file (``loop/backing_file`` in sysfs), shown as its model.
+    backing_file: str | None = None
 
     @property
     def node(self) -> str:
@@ -52,6 +54,8 @@ class BlockDevice:
         vendor = self.properties.get("ID_VENDOR", "").replace("_", " ").strip()
         model = self.properties.get("ID_MODEL", "").replace("_", " ").strip()
         text = f"{vendor} {model}".strip() if vendor and not model.startswith(vendor) else model
+        if not text and self.backing_file:
+            text = f"loop on {self.backing_file}"
         return text or None
 
     @property
@@ -131,6 +135,7 @@ def from_udev(device: Any) -> BlockDevice:
         size_bytes=int(size) * SECTOR_BYTES if size.isdigit() else 0,
         removable=_attribute(device, "removable") == "1",
         read_only=_attribute(device, "ro") == "1",
+        backing_file=_attribute(device, "loop/backing_file") or None,
     )
 
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import select
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,6 +41,37 @@ def refused(result: subprocess.CompletedProcess[str], reason: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("corral: error: "), result.stderr
     assert reason in lines[0]
     assert result.stdout == ""
+
+
+def in_terminal(args: list[str], answer: str) -> tuple[int, str]:
+    """Run ``corral image …`` on a pseudo-terminal; answer its question with ``answer``.
+    The exit code and everything it showed."""
+    master, slave = os.openpty()
+    proc = subprocess.Popen(
+        [str(CORRAL), "image", *args], stdin=slave, stdout=slave, stderr=slave, close_fds=True
+    )
+    os.close(slave)
+    shown, answered = b"", False
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline:
+            if not answered and b"Type 'yes' to write: " in shown:
+                os.write(master, answer.encode() + b"\n")
+                answered = True
+            if select.select([master], [], [], 1.0)[0]:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # EIO: the process is gone and the terminal closed
+                    break
+                if not chunk:
+                    break
+                shown += chunk
+        return proc.wait(timeout=60), shown.decode(errors="replace")
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 @contextmanager
@@ -175,3 +208,22 @@ def test_a_device_that_reads_back_other_bytes_fails_verification(
             os.fsync(f.fileno())
         with pytest.raises(AgentError, match="verification failed"):
             flash.verify(image, device, size, lambda n: None)
+
+
+def test_the_confirmation_names_model_size_and_serial_and_no_writes_nothing(
+    tmp_path: Path, image: Path
+) -> None:
+    data = image.read_bytes()
+    backing = make(tmp_path / "stick.img", 16 * MiB)
+    with loop_device(backing) as device:
+        args = ["flash", str(image), "--device", device]
+        code, shown = in_terminal(args, "no")
+        question = f"Write {image} (8.0 MiB) to {device}: loop on {backing}, 16.0 MiB, serial -?"
+        assert question in shown
+        assert code == 1 and "not confirmed; nothing written" in shown
+        assert read_device(device, 16 * MiB) == FILL * (16 * MiB)
+        code, shown = in_terminal(args, "yes")
+        assert code == 0, shown
+        assert f"writing {device}  100%" in shown and f"verifying {device}  100%" in shown
+        assert f"sha256 {hashlib.sha256(data).hexdigest()}  {device}" in shown
+        assert read_device(device, len(data)) == data
