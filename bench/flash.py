@@ -6,9 +6,10 @@
    file's disk directly (as they reach a USB stick), not the host's page cache: dd's writes
    and ours then land in the same place, and ``fsync`` is not a cost dd skips;
 2. ``--rounds`` rounds, each after waiting for the machine to be quiet, the order alternating:
-   dd; the same dd with ``conv=fsync``; the flash (``node_image.image.flash.flash``: the
-   candidate check, the O_DIRECT write and fsync, then the O_DIRECT read-back and sha256
-   verification), its write and verify phases timed apart;
+   dd; the same dd with ``conv=fsync``; dd reading it back (``iflag=direct``); the flash
+   (``node_image.image.flash.flash``: the candidate check, the O_DIRECT write and fsync,
+   then the O_DIRECT read-back and sha256 verification), its write and verify phases timed
+   apart;
 3. medians of each. The figure is the write phase's speed against dd's (target >= 0.9x); the
    speed with verification included is reported next to it.
 
@@ -54,6 +55,14 @@ def timed_dd(image: Path, device: str, *extra: str) -> float:
     return time.monotonic() - started
 
 
+def timed_dd_read(device: str, size: int) -> float:
+    """The read-back baseline: dd reading the image's length from the device, O_DIRECT."""
+    argv = ["dd", f"if={device}", "of=/dev/null", "bs=4M", "iflag=direct", f"count={size >> 22}"]
+    started = time.monotonic()
+    subprocess.run(argv, check=True, capture_output=True)
+    return time.monotonic() - started
+
+
 def quiet() -> float:
     return wait_quiet(lambda: [], max_wait=15.0)
 
@@ -83,7 +92,7 @@ def main() -> int:
             text=True,
         ).stdout.strip()
         dio = Path(f"/sys/block/{Path(device).name}/loop/dio").read_text().strip()
-        dd, dd_fsync, write, check, others = [], [], [], [], []
+        dd, dd_fsync, dd_read, write, check, others = [], [], [], [], [], []
         sha256 = ""
         for round_ in range(args.rounds):
             steps = ["dd", "flash"] if round_ % 2 == 0 else ["flash", "dd"]
@@ -92,6 +101,7 @@ def main() -> int:
                 if step == "dd":
                     dd.append(timed_dd(image, device))
                     dd_fsync.append(timed_dd(image, device, "conv=fsync"))
+                    dd_read.append(timed_dd_read(device, size))
                 else:
                     result = flash.flash(
                         image, device, on_write=lambda n: None, on_verify=lambda n: None
@@ -100,7 +110,8 @@ def main() -> int:
                     check.append(result.verify_seconds)
                     sha256 = result.sha256
             log(
-                f"round {round_ + 1}: dd {dd[-1]:.2f} s (fsync {dd_fsync[-1]:.2f} s), "
+                f"round {round_ + 1}: dd {dd[-1]:.2f} s (fsync {dd_fsync[-1]:.2f} s, "
+                f"read {dd_read[-1]:.2f} s), "
                 f"flash write {write[-1]:.2f} s + verify {check[-1]:.2f} s"
             )
     finally:
@@ -131,7 +142,8 @@ def main() -> int:
             f"medians of {args.rounds} rounds, order alternating; loop device with direct-io="
             f"{'on' if dio == '1' else 'off'} on a file in {tempfile.gettempdir()}; dd with "
             f"conv=fsync {rate(median(dd_fsync)):.0f} MB/s; verify {rate(median(check)):.0f} MB/s"
-            f" (O_DIRECT read-back hashed while the image file is hashed in another thread); "
+            f" against dd iflag=direct reading {rate(median(dd_read)):.0f} MB/s (O_DIRECT "
+            "read-back hashed while the image file is hashed in another thread); "
             f"sha256 {sha256[:16]}… matched; other work's CPU before rounds max "
             f"{max(others):.2f} cores; load average {load:.1f} at the end (2 shared cores); "
             f"{git_describe()}"
