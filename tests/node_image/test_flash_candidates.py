@@ -150,21 +150,26 @@ def test_a_dm_device_on_partitions_resolves_to_its_whole_disks(tmp_path: Path) -
     assert whole_disks("9:9", tmp_path) == set()
 
 
+def _findmnt(*args: str) -> str:
+    return subprocess.run(
+        ["findmnt", "-n", *args], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
 def _disk_backing_root() -> str:
-    """What backs / on this machine, found with util-linux rather than our code."""
-    source = subprocess.run(
-        ["findmnt", "-n", "-o", "MAJ:MIN", "--target", "/"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()[0]
+    """What backs / on this machine, found with util-linux rather than our code (an overlay
+    root, as in a container, through its upper directory)."""
+    devnum = _findmnt("-o", "MAJ:MIN", "--target", "/").split()[0]
+    if devnum.startswith("0:") and _findmnt("-o", "FSTYPE", "/") == "overlay":
+        options = dict(o.partition("=")[::2] for o in _findmnt("-o", "OPTIONS", "/").split(","))
+        devnum = _findmnt("-o", "MAJ:MIN", "--target", options["upperdir"]).split()[0]
     parent = subprocess.run(
-        ["lsblk", "-n", "-d", "-o", "PKNAME", f"/dev/block/{source}"],
+        ["lsblk", "-n", "-d", "-o", "PKNAME", f"/dev/block/{devnum}"],
         capture_output=True,
         text=True,
         check=False,
     ).stdout.strip()
-    return parent or os.path.basename(os.path.realpath(f"/sys/dev/block/{source}"))
+    return parent or os.path.basename(os.path.realpath(f"/sys/dev/block/{devnum}"))
 
 
 def test_this_machines_root_disk_is_found_as_the_running_system() -> None:
