@@ -109,16 +109,21 @@ def image(tmp_path: Path) -> Path:
     return make(tmp_path / "seed.iso", 0, os.urandom(8 * MiB + 1000))
 
 
+@pytest.fixture
+def stick(tmp_path: Path) -> Iterator[str]:
+    """A loop device on ``tmp_path/stick.img``: 16 MiB of FILL."""
+    with loop_device(make(tmp_path / "stick.img", 16 * MiB)) as device:
+        yield device
+
+
 def test_flash_to_a_loop_device_writes_verifies_and_reports_the_sha256(
-    tmp_path: Path, image: Path
+    stick: str, image: Path
 ) -> None:
     data = image.read_bytes()
-    backing = make(tmp_path / "stick.img", 16 * MiB)
-    with loop_device(backing) as device:
-        result = corral("flash", str(image), "--device", device, "--yes")
-        assert result.returncode == 0, result.stderr
-        assert result.stdout == f"sha256 {hashlib.sha256(data).hexdigest()}  {device}\n"
-        on_device = read_device(device, 16 * MiB)
+    result = corral("flash", str(image), "--device", stick, "--yes")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"sha256 {hashlib.sha256(data).hexdigest()}  {stick}\n"
+    on_device = read_device(stick, 16 * MiB)
     assert on_device[: len(data)] == data
     assert on_device[len(data) :] == FILL * (16 * MiB - len(data))
 
@@ -166,64 +171,51 @@ def test_a_path_that_is_not_a_block_device_is_refused(tmp_path: Path, image: Pat
     refused(corral("flash", str(image), "--device", missing, "--yes"), "no such device")
 
 
-def test_without_a_terminal_and_without_yes_nothing_is_written(tmp_path: Path, image: Path) -> None:
-    backing = make(tmp_path / "stick.img", 16 * MiB)
-    with loop_device(backing) as device:
-        refused(corral("flash", str(image), "--device", device), "add --yes")
-        assert read_device(device, 16 * MiB) == FILL * (16 * MiB)
+def test_without_a_terminal_and_without_yes_nothing_is_written(stick: str, image: Path) -> None:
+    refused(corral("flash", str(image), "--device", stick), "add --yes")
+    assert read_device(stick, 16 * MiB) == FILL * (16 * MiB)
 
 
-def test_a_loop_device_is_never_offered(tmp_path: Path, image: Path) -> None:
-    backing = make(tmp_path / "stick.img", 16 * MiB)
-    with loop_device(backing) as device:
-        refused(corral("flash", str(image), "--yes"), "no removable or USB disk")
-        listing = corral("devices", "--all", "-o", "json")
-        assert listing.returncode == 0, listing.stderr
-        rows = {row["device"]: row for row in json.loads(listing.stdout)}
-        assert rows[device]["refused"] == [
-            "is a loop device (accepted only when named with --device)"
-        ]
-        assert rows[device]["size"] == 16 * MiB and rows[device]["bus"] == "loop"
-        root = rows[f"/dev/{_disk_backing_root()}"]
-        assert "holds the running system (/)" in root["refused"]
-        candidates = corral("devices", "-o", "json")
-        assert device not in {row["device"] for row in json.loads(candidates.stdout)}
-        assert read_device(device, 16 * MiB) == FILL * (16 * MiB)
+def test_a_loop_device_is_never_offered(stick: str, image: Path) -> None:
+    refused(corral("flash", str(image), "--yes"), "no removable or USB disk")
+    listing = corral("devices", "--all", "-o", "json")
+    assert listing.returncode == 0, listing.stderr
+    rows = {row["device"]: row for row in json.loads(listing.stdout)}
+    assert rows[stick]["refused"] == ["is a loop device (accepted only when named with --device)"]
+    assert rows[stick]["size"] == 16 * MiB and rows[stick]["bus"] == "loop"
+    root = rows[f"/dev/{_disk_backing_root()}"]
+    assert "holds the running system (/)" in root["refused"]
+    candidates = corral("devices", "-o", "json")
+    assert stick not in {row["device"] for row in json.loads(candidates.stdout)}
+    assert read_device(stick, 16 * MiB) == FILL * (16 * MiB)
 
 
-def test_a_device_that_reads_back_other_bytes_fails_verification(
-    tmp_path: Path, image: Path
-) -> None:
-    backing = make(tmp_path / "stick.img", 16 * MiB)
+def test_a_device_that_reads_back_other_bytes_fails_verification(stick: str, image: Path) -> None:
     size = image.stat().st_size
-    with loop_device(backing) as device:
-        flash.write_image(image, device, size, lambda n: None)
-        assert (
-            flash.verify(image, device, size, lambda n: None)
-            == hashlib.sha256(image.read_bytes()).hexdigest()
-        )
-        with open(device, "r+b") as f:  # one byte changes on the device
-            f.seek(5 * MiB)
-            f.write(b"\x00" if image.read_bytes()[5 * MiB] else b"\x01")
-            os.fsync(f.fileno())
-        with pytest.raises(AgentError, match="verification failed"):
-            flash.verify(image, device, size, lambda n: None)
+    flash.write_image(image, stick, size, lambda n: None)
+    sha256 = flash.verify(image, stick, size, lambda n: None)
+    assert sha256 == hashlib.sha256(image.read_bytes()).hexdigest()
+    with open(stick, "r+b") as f:  # one byte changes on the device
+        f.seek(5 * MiB)
+        f.write(b"\x00" if image.read_bytes()[5 * MiB] else b"\x01")
+        os.fsync(f.fileno())
+    with pytest.raises(AgentError, match="verification failed"):
+        flash.verify(image, stick, size, lambda n: None)
 
 
 def test_the_confirmation_names_model_size_and_serial_and_no_writes_nothing(
-    tmp_path: Path, image: Path
+    tmp_path: Path, stick: str, image: Path
 ) -> None:
     data = image.read_bytes()
-    backing = make(tmp_path / "stick.img", 16 * MiB)
-    with loop_device(backing) as device:
-        args = ["flash", str(image), "--device", device]
-        code, shown = in_terminal(args, "no")
-        question = f"Write {image} (8.0 MiB) to {device}: loop on {backing}, 16.0 MiB, serial -?"
-        assert question in shown
-        assert code == 1 and "not confirmed; nothing written" in shown
-        assert read_device(device, 16 * MiB) == FILL * (16 * MiB)
-        code, shown = in_terminal(args, "yes")
-        assert code == 0, shown
-        assert f"writing {device}  100%" in shown and f"verifying {device}  100%" in shown
-        assert f"sha256 {hashlib.sha256(data).hexdigest()}  {device}" in shown
-        assert read_device(device, len(data)) == data
+    args = ["flash", str(image), "--device", stick]
+    code, shown = in_terminal(args, "no")
+    backing = tmp_path / "stick.img"
+    question = f"Write {image} (8.0 MiB) to {stick}: loop on {backing}, 16.0 MiB, serial -?"
+    assert question in shown
+    assert code == 1 and "not confirmed; nothing written" in shown
+    assert read_device(stick, 16 * MiB) == FILL * (16 * MiB)
+    code, shown = in_terminal(args, "yes")
+    assert code == 0, shown
+    assert f"writing {stick}  100%" in shown and f"verifying {stick}  100%" in shown
+    assert f"sha256 {hashlib.sha256(data).hexdigest()}  {stick}" in shown
+    assert read_device(stick, len(data)) == data
