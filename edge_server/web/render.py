@@ -120,6 +120,9 @@ async def html_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         if e.status < 400:
             raise
         return _error_page(request, e.status, e.reason)
+    except Exception:  # logged with its traceback; the operator sees a page, not JSON
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return _error_page(request, 500, "An internal error; the server log has the details.")
 
 
 TITLES = {403: "Not allowed", 404: "Not found", 429: "Slow down"}

@@ -105,7 +105,7 @@ def signed_in(request: web.Request) -> Session | None:
 
 
 def check_csrf(expected: str, sent: object) -> None:
-    if not isinstance(sent, str) or not hmac.compare_digest(expected, sent):
+    if not expected or not isinstance(sent, str) or not hmac.compare_digest(expected, sent):
         raise Forbidden(
             "the form's security token is missing or stale; reload the page and try again",
             code="csrf_failed",

@@ -38,6 +38,7 @@ def _form(
         request,
         "signin.html",
         {
+            "title": "Sign in",
             "csrf": token,
             "error": error,
             "username": username,

@@ -51,7 +51,8 @@ async def _page(
             "groups": groups,
             "created": created,
             "error": error,
-            "form": form or {"group": "default", "ttl": "24", "uses": "1", "labels": ""},
+            "form": form
+            or {"group": "default", "ttl": "24", "uses": "1", "labels": "", "description": ""},
             "server_url": request.app[SETTINGS].local_url,
         },
         status=400 if error else 201 if created else 200,

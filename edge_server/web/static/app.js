@@ -56,6 +56,35 @@
     if (t && d.last_seen) { t.setAttribute("datetime", d.last_seen); t.textContent = relative(d.last_seen); }
   }
 
+  // A new device goes below the rows already shown (never between them), on the last page.
+  function append(d) {
+    var tr = document.createElement("tr");
+    tr.setAttribute("data-id", d.id);
+    tr.className = "new";
+    var cells = [
+      ["status", '<span class="status"><span aria-hidden="true" class="icon"></span> <span class="word"></span></span>'],
+      ["name", '<a></a><div class="sub mono"></div>'],
+      ["group", '<span data-cell="group"></span><div class="sub" data-cell="groups"></div>'],
+      ["gen", '<span data-cell="generation"></span>'],
+      ["seen", '<time data-cell="last_seen">never</time>'],
+      ["labels", ""]
+    ];
+    cells.forEach(function (c) { var td = document.createElement("td"); td.innerHTML = c[1]; tr.appendChild(td); });
+    tr.children[0].firstChild.setAttribute("data-cell", "status");
+    tr.children[3].className = "mono";
+    tr.children[5].className = "labels";
+    tr.children[5].setAttribute("data-cell", "labels");
+    var a = tr.querySelector("a");
+    a.href = "/devices/" + encodeURIComponent(d.id);
+    a.textContent = d.name;
+    tr.querySelector(".sub.mono").textContent = d.id;
+    patch(tr, d);
+    document.getElementById("fresh").appendChild(tr);
+    var table = document.querySelector("table.devices"), empty = document.getElementById("no-devices");
+    if (table) table.hidden = false;
+    if (empty) empty.hidden = true;
+  }
+
   function banner(text) {
     var b = document.getElementById("new-devices");
     if (!b) return;
@@ -73,6 +102,7 @@
       } else if (d.matches && !d.gone && !fresh.has(d.id)) {
         fresh.add(d.id);
         banner(fresh.size + (fresh.size === 1 ? " new device matches" : " new devices match"));
+        if (body.hasAttribute("data-last-page")) append(d);
       }
     } else if (mode === "device" && d.id === body.getAttribute("data-device")) {
       if (d.gone) { setPill("off", "Deleted"); return; }
