@@ -33,6 +33,7 @@ routes = web.RouteTableDef()
 KEEPALIVE = 15.0
 BATCH_WAIT = 0.25
 BATCH_MAX = 500
+MAX_SHOWN = 200
 STREAMS: web.AppKey[set[asyncio.Task[Any]]] = web.AppKey("web_streams")
 
 
@@ -57,8 +58,14 @@ async def events(request: web.Request) -> web.StreamResponse:
     assert task is not None  # noqa: S101 - a handler runs in a task
     streams = request.app[STREAMS]
     streams.add(task)
-    await response.write(b"retry: 3000\nevent: hello\ndata: {}\n\n")
+    # ``ids``: the devices the tab shows. They are sent as they are now, after subscribing,
+    # so a change committed between the page's render and this connect is not missed.
+    shown = [i for i in request.query.get("ids", "").split(",") if i][:MAX_SHOWN]
     with request.app[NOTIFIER].subscribe() as subscription:
+        await response.write(b"retry: 3000\nevent: hello\ndata: {}\n\n")
+        now = [Event("device.shown", device_id, "") for device_id in shown]
+        for chunk in await _messages(request, now, selector, search):
+            await response.write(chunk)
         try:
             await _stream(request, response, subscription, selector, search)
         except (ConnectionResetError, asyncio.CancelledError):

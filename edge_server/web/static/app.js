@@ -112,10 +112,11 @@
 
   function open() {
     if (source) return;
-    var q = "";
-    if (mode === "devices") {
-      q = "?" + new URLSearchParams({ selector: body.getAttribute("data-selector") || "", q: body.getAttribute("data-q") || "" });
-    }
+    var ids = [];
+    document.querySelectorAll("[data-id]").forEach(function (el) { ids.push(el.getAttribute("data-id")); });
+    var q = "?" + new URLSearchParams({
+      selector: body.getAttribute("data-selector") || "", q: body.getAttribute("data-q") || "", ids: ids.join(",")
+    });
     source = new EventSource("/events" + q);
     source.addEventListener("hello", function () { setPill("live", "Live"); });
     source.addEventListener("open", function () { setPill("live", "Live"); });
