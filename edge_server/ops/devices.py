@@ -191,6 +191,20 @@ class TimelineEntry(Row):
     detail: str
 
 
+def _said(detail: dict[str, Any]) -> str:
+    """An audit entry's detail in words: ``labels: site=eu, role removed``."""
+    parts = []
+    for key, value in detail.items():
+        if isinstance(value, dict):
+            inner = ", ".join(
+                f"{k}={v}" if v is not None else f"{k} removed" for k, v in value.items()
+            )
+            parts.append(f"{key}: {inner}")
+        else:
+            parts.append(f"{key}={value}")
+    return "; ".join(parts)
+
+
 async def timeline(store: Store, device_id: str, limit: int = 30) -> list[TimelineEntry]:
     """What operators did to the device and what it reported, newest first."""
 
@@ -200,7 +214,7 @@ async def timeline(store: Store, device_id: str, limit: int = 30) -> list[Timeli
                 at=a["at"],
                 what=a["action"],
                 actor=a["actor"],
-                detail=", ".join(f"{k}={v}" for k, v in a["detail"].items()),
+                detail=_said(a["detail"]),
             )
             for a in audit_of(db, device_id, limit)
         ]

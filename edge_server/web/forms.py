@@ -62,4 +62,13 @@ def validation(field: str, e: ValidationError) -> FormError:
 
 
 def pretty(value: object) -> str:
-    return json.dumps(value, indent=2, sort_keys=True)
+    """JSON for people: indented, without the fields that say nothing (null)."""
+    return json.dumps(_without_nulls(value), indent=2, sort_keys=True)
+
+
+def _without_nulls(value: object) -> object:
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value

@@ -65,6 +65,9 @@ def cells(device: DeviceSummary) -> dict[str, Any]:
         "css": status.css,
         "generation": f"{device.observed_generation} / {device.generation}",
         "in_sync": device.observed_generation >= device.generation,
+        "in_sync_text": "yes"
+        if device.observed_generation >= device.generation
+        else "no: the device has not applied its newest spec yet",
         "last_seen": iso(device.last_seen),
         "last_seen_text": relative(device.last_seen),
         "group": device.group,

@@ -38,7 +38,7 @@
   if (!mode || !pill || !window.EventSource) return;
 
   var source = null, fresh = new Set();
-  function setPill(state, text) { pill.setAttribute("data-state", state); pill.textContent = text; }
+  function setPill(state, text) { pill.hidden = false; pill.setAttribute("data-state", state); pill.textContent = text; }
 
   function patch(scope, d) {
     var st = scope.querySelector("[data-cell='status']");
@@ -47,7 +47,7 @@
       st.querySelector(".icon").textContent = d.icon;
       st.querySelector(".word").textContent = d.status;
     }
-    ["group", "groups", "labels", "generation"].forEach(function (k) {
+    ["group", "groups", "labels", "generation", "in_sync_text"].forEach(function (k) {
       var el = scope.querySelector("[data-cell='" + k + "']");
       if (el && el.textContent !== d[k]) el.textContent = d[k];
       if (el && k === "generation") el.classList.toggle("behind", !d.in_sync);
@@ -80,6 +80,8 @@
     tr.querySelector(".sub.mono").textContent = d.id;
     patch(tr, d);
     document.getElementById("fresh").appendChild(tr);
+    var total = document.getElementById("total");
+    if (total) total.textContent = String(Number(total.textContent) + 1);
     var table = document.querySelector("table.devices"), empty = document.getElementById("no-devices");
     if (table) table.hidden = false;
     if (empty) empty.hidden = true;
