@@ -172,7 +172,8 @@ def _listed(row: dict[str, Any]) -> dict[str, Any]:
 
 def count(db: Database, selector: Selector, search: str = "") -> int:
     where, params = _where(selector, None, search)
-    sql = f"SELECT count(*) FROM {FROM_JOINED}{where}"  # noqa: S608
+    # The clauses read only ``devices`` (labels, id, name): no join to count them.
+    sql = f"SELECT count(*) FROM devices d{where}"  # noqa: S608
     return int(db.execute(sql, params).fetchone()[0])
 
 
