@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from edge_server.web import devices, pages, render, signin, sse, tokens
+from edge_server.web import bulk, devices, pages, render, signin, sse, tokens
 from edge_server.web.session import SESSIONS, Sessions
 
 html_errors = render.html_errors
@@ -23,5 +23,12 @@ def setup(app: web.Application) -> None:
     app[sse.STREAMS] = set()
     app.on_shutdown.append(sse.close_streams)
     app.router.add_get("/static/{name}", render.static)
-    for table in (signin.routes, pages.routes, devices.routes, tokens.routes, sse.routes):
+    for table in (
+        signin.routes,
+        pages.routes,
+        bulk.routes,
+        devices.routes,
+        tokens.routes,
+        sse.routes,
+    ):
         app.add_routes(table)

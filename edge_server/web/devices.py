@@ -63,6 +63,8 @@ async def devices(request: web.Request) -> web.Response:
             "page_sizes": PAGE_SIZES,
             "live_selector": "" if error else selector_text,
             "live_search": search,
+            "done": int(q["done"]) if q.get("done", "").isdigit() else None,
+            "done_action": q.get("action", "")[:16],
         },
     )
 

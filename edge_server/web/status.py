@@ -53,6 +53,16 @@ def of(device: DeviceSummary, now: float | None = None) -> Status:
     return ONLINE
 
 
+def _sync_text(device: DeviceSummary) -> str:
+    if device.observed_generation >= device.generation:
+        return "yes"
+    if device.revoked:
+        return f"no: generation {device.generation} will not reach a revoked device"
+    if not device.online:
+        return f"queued: generation {device.generation} applies when the device reconnects"
+    return f"no: the device is applying generation {device.generation}"
+
+
 def cells(device: DeviceSummary) -> dict[str, Any]:
     """What the devices table shows of one device: the page renders it, the live stream
     sends it (``sse.py``) and ``app.js`` patches the row's cells with it."""
@@ -65,9 +75,7 @@ def cells(device: DeviceSummary) -> dict[str, Any]:
         "css": status.css,
         "generation": f"{device.observed_generation} / {device.generation}",
         "in_sync": device.observed_generation >= device.generation,
-        "in_sync_text": "yes"
-        if device.observed_generation >= device.generation
-        else "no: the device has not applied its newest spec yet",
+        "in_sync_text": _sync_text(device),
         "last_seen": iso(device.last_seen),
         "last_seen_text": relative(device.last_seen),
         "group": device.group,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import requests
 
-from tests.support import Server
+from tests.support import Machine, Server
 from tests.web.conftest import Client, admin_password, csrf
 
 
@@ -137,3 +137,39 @@ def test_pages_are_html_and_the_api_stays_json(shared_server: Server) -> None:
     )
     assert stranger.status_code == 303
     assert stranger.headers["Location"].startswith("/signin?next=")
+
+
+def test_bulk_label_of_all_matching_states_the_count_and_changes_only_after_confirming(
+    shared_server: Server,
+) -> None:
+    token = shared_server.create_token(labels={"bulk": "yes"}, max_uses=10)["token"]
+    ids = []
+    for _ in range(3):
+        answer = shared_server.request("POST", "/api/v1/register", json=Machine().request(token))
+        assert answer.status_code in (200, 201), answer.text
+        ids.append(answer.json()["device_id"])
+    client = Client(shared_server)
+    form = {
+        "csrf": client.csrf,
+        "all": "1",
+        "selector": "bulk=yes",
+        "q": "",
+        "action": "label",
+        "labels": "tier=gold",
+    }
+    confirm = client.post("/devices/bulk", form)
+    assert confirm.status_code == 200
+    assert "Set labels on 3 devices (tier=gold)?" in confirm.text
+    labels = {d: shared_server.checked("GET", f"/api/v1/devices/{d}")["labels"] for d in ids}
+    assert all("tier" not in v for v in labels.values())
+
+    done = client.post("/devices/bulk", {**form, "confirmed": "1"})
+    assert done.status_code == 303
+    assert done.headers["Location"] == "/devices?done=3&action=label"
+    for device_id in ids:
+        assert shared_server.checked("GET", f"/api/v1/devices/{device_id}")["labels"] == {
+            "bulk": "yes",
+            "tier": "gold",
+        }
+    forged = client.post("/devices/bulk", {**form, "confirmed": "1", "csrf": "x"})
+    assert forged.status_code == 403

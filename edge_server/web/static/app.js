@@ -62,6 +62,7 @@
     tr.setAttribute("data-id", d.id);
     tr.className = "new";
     var cells = [
+      ["pick", '<input type="checkbox" name="id" form="bulk">'],
       ["status", '<span class="status"><span aria-hidden="true" class="icon"></span> <span class="word"></span></span>'],
       ["name", '<a></a><div class="sub mono"></div>'],
       ["group", '<span data-cell="group"></span><div class="sub" data-cell="groups"></div>'],
@@ -70,10 +71,12 @@
       ["labels", ""]
     ];
     cells.forEach(function (c) { var td = document.createElement("td"); td.innerHTML = c[1]; tr.appendChild(td); });
-    tr.children[0].firstChild.setAttribute("data-cell", "status");
-    tr.children[3].className = "mono";
-    tr.children[5].className = "labels";
-    tr.children[5].setAttribute("data-cell", "labels");
+    tr.children[0].className = "pick";
+    tr.children[0].firstChild.value = d.id;
+    tr.children[1].firstChild.setAttribute("data-cell", "status");
+    tr.children[4].className = "mono";
+    tr.children[6].className = "labels";
+    tr.children[6].setAttribute("data-cell", "labels");
     var a = tr.querySelector("a");
     a.href = "/devices/" + encodeURIComponent(d.id);
     a.textContent = d.name;
