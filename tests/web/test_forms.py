@@ -173,3 +173,8 @@ def test_bulk_label_of_all_matching_states_the_count_and_changes_only_after_conf
         }
     forged = client.post("/devices/bulk", {**form, "confirmed": "1", "csrf": "x"})
     assert forged.status_code == 403
+
+
+def test_the_password_hashes_are_kept_private(shared_server: Server) -> None:
+    for path in shared_server.data_dir.glob("corral.db*"):
+        assert path.stat().st_mode & 0o777 == 0o600, path
