@@ -160,7 +160,7 @@ async def confirm(request: web.Request) -> web.Response:
         "confirm.html",
         {
             "title": f"{verb} 1 device?",
-            "question": f"{verb} 1 device: {detail.name} ({detail.id})?",
+            "question": f"{detail.name} ({detail.id})",
             "consequence": consequence,
             "action": request.path,
             "button": f"{verb} 1 device",

@@ -68,7 +68,11 @@ def pretty(value: object) -> str:
 
 def _without_nulls(value: object) -> object:
     if isinstance(value, dict):
-        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+        return {
+            k: f"0{v:o}" if k == "mode" and isinstance(v, int) else _without_nulls(v)
+            for k, v in value.items()
+            if v is not None
+        }
     if isinstance(value, list):
         return [_without_nulls(v) for v in value]
     return value

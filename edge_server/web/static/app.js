@@ -65,7 +65,7 @@
       ["pick", '<input type="checkbox" name="id" form="bulk">'],
       ["status", '<span class="status"><span aria-hidden="true" class="icon"></span> <span class="word"></span></span>'],
       ["name", '<a></a><div class="sub mono"></div>'],
-      ["group", '<span data-cell="group"></span><div class="sub" data-cell="groups"></div>'],
+      ["group", '<span data-cell="groups"></span><div class="sub">token group <span data-cell="group"></span></div>'],
       ["gen", '<span data-cell="generation"></span>'],
       ["seen", '<time data-cell="last_seen">never</time>'],
       ["labels", ""]
