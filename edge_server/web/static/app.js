@@ -109,6 +109,8 @@
         banner(fresh.size + (fresh.size === 1 ? " new device matches" : " new devices match"));
         if (body.hasAttribute("data-last-page")) append(d);
       }
+    } else if (mode === "overview") {
+      banner("The fleet changed since this page loaded");
     } else if (mode === "device" && d.id === body.getAttribute("data-device")) {
       if (d.gone) { setPill("off", "Deleted"); return; }
       patch(document.querySelector("main"), d);
