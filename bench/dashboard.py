@@ -173,11 +173,12 @@ def run(args: argparse.Namespace) -> int:
     j50, j95 = median(all_json), percentile(all_json, 95)
     fh50, fj50 = median(f_html), median(f_json)
     ok = h95 <= TARGET_MS and median(f_html) <= TARGET_MS
+    load = Path("/proc/loadavg").read_text().split()[0]
     line = (
         f"dashboard devices page, {args.devices} devices, {args.limit}/page: HTML p50 {h50:.1f} ms"
         f" p95 {h95:.1f} ms; JSON p50 {j50:.1f} ms p95 {j95:.1f} ms; ratio {h50 / j50:.2f}x;"
         f" filtered HTML p50 {fh50:.1f} ms (JSON {fj50:.1f}); target <= {TARGET_MS:.0f} ms:"
-        f" {verdict(ok)}"
+        f" {verdict(ok)} (load average {load})"
     )
     print(line)
     if not args.no_record:
@@ -194,6 +195,7 @@ def run(args: argparse.Namespace) -> int:
                 f"{len(all_html)} pages walked by keyset ({seen} rows), filtered view"
                 f" {FILTER['selector']!r} + search {FILTER['q']!r}: {len(f_html)} pages"
                 f" ({f_seen} rows); loopback wall time per request, keep-alive, guard off;"
+                f" 2 shared cores, load average {load} at the end (other engineers' work);"
                 f" {git_describe()}",
             ]
         )

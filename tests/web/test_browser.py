@@ -99,9 +99,19 @@ def test_operator_signs_in_registers_a_device_relabels_revokes_and_signs_out(
     finally:
         terminate(agent, 10)
 
+    # Bulk: "select all N matching", and the confirmation states the count.
+    page.goto(server.url + "/devices?selector=site%3Dlab")
+    page.check("input[name=all]")
+    page.select_option("select[name=action]", "delete")
+    page.click("text=Apply to selected…")
+    expect(page.locator("h1")).to_have_text("Delete 1 device?")
+    shots("09-bulk-confirm")
+    page.click("text=Cancel")
+    expect(page.locator("table.devices tr[data-id]")).to_have_count(1)
+
     for name in ("/", "/groups", "/artifacts", "/tokens"):
         page.goto(server.url + name)
-        shots("09-page" + name.replace("/", "-").rstrip("-"))
+        shots("10-page" + name.replace("/", "-").rstrip("-"))
 
     # 6. Sign out: every page sends us back to sign in.
     page.click("text=Sign out")
