@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from edge_server import api
+from edge_server import web as dashboard
 from edge_server.api.middleware import errors
 from edge_server.channel import Channel, ChannelSettings
 from edge_server.keys import (
@@ -168,7 +169,9 @@ async def _blocking_guard(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(settings: Settings) -> web.Application:
     limit_tls_buffers()
-    app = web.Application(middlewares=[errors], client_max_size=settings.max_body_bytes)
+    app = web.Application(
+        middlewares=[errors, dashboard.html_errors], client_max_size=settings.max_body_bytes
+    )
     app[SETTINGS] = settings
     pki = Pki(settings.pki_dir)
     ca = pki.load_ca()
@@ -189,4 +192,5 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_server_certificates)
     app.cleanup_ctx.append(_blocking_guard)
     app.add_routes(api.routes())
+    dashboard.setup(app)
     return app
