@@ -7,6 +7,7 @@ import time
 from aiohttp import web
 from pydantic import ValidationError
 
+from edge_server import downloads
 from edge_server.keys import CA, NOTIFIER, SETTINGS, STORE
 from edge_server.ops import groups as group_ops
 from edge_server.ops import tokens as token_ops
@@ -95,6 +96,14 @@ async def create(request: web.Request) -> web.Response:
         token_ops.create(app[STORE], current(request).actor, body, app[CA].fingerprint)
     )
     return await _page(request, created=created)
+
+
+@routes.get("/tokens/{token_id}/seed.iso")
+@page
+async def seed_iso(request: web.Request) -> web.StreamResponse:
+    """The token's seed ISO for a signed-in operator: the API's download (Range resumes a
+    cut one), with the dashboard's HTML error pages (no base ISO imported, revoked token)."""
+    return await downloads.seed_iso(request)
 
 
 @routes.post("/tokens/{token_id}/revoke")
