@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
 
-from node_image.agent import daemon
+from node_image.agent import daemon, memory
 from node_image.agent import seed as seed_mod
 from node_image.agent.context import ReconcileContext, run_reconcile
 from node_image.agent.reconcilers import build
@@ -166,6 +166,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    memory.without_pydantic_plugins()  # before the first document is validated
     host = make_host(args)
     state = StateDir(Path(args.state_dir))
     seed = load_seed_for_run(args.seed, state)
@@ -185,6 +186,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         mqtt=not args.no_mqtt,
     )
     agent = daemon.Agent(state.root, host, seed, settings)
+    memory.release()  # what importing and building the agent freed
     try:
         asyncio.run(run_agent(agent))
     except RebootRequested as e:
