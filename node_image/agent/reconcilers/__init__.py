@@ -17,9 +17,7 @@ from node_image.agent.reconcilers.os_update import OsUpdateReconciler
 from node_image.agent.state import StateDir
 
 #: K3s and its bundles, imported once a spec asks for them (most devices run no K3s).
-K3S_RECONCILER = Deferred(
-    K3S, "node_image.agent.reconcilers.k3s", "K3sReconciler", k3s_not_wanted
-)
+K3S_RECONCILER = Deferred(K3S, "node_image.agent.reconcilers.k3s", "K3sReconciler", k3s_not_wanted)
 BUNDLES_RECONCILER = Deferred(
     BUNDLES, "node_image.agent.reconcilers.bundles", "BundlesReconciler", bundles_not_server
 )
