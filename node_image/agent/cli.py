@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
 
-from node_image.agent import clock, daemon, firstboot, seedsource
+from node_image.agent import clock, daemon, firstboot, memory, seedsource
 from node_image.agent import seed as seed_mod
 from node_image.agent.context import ReconcileContext, run_reconcile
 from node_image.agent.reconcilers import build
@@ -167,6 +167,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    memory.without_pydantic_plugins()  # before the first document is validated
     host = make_host(args)
     state = StateDir(Path(args.state_dir))
     if args.seed is not None and state.read_identity() is None:
@@ -186,6 +187,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         mqtt=not args.no_mqtt,
     )
     agent = daemon.Agent(state.root, host, None, settings)
+    memory.release()  # what importing and building the agent freed
     try:
         asyncio.run(run_agent(agent))
     except RebootRequested as e:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from node_image.agent import clock
+from node_image.agent import clock, memory
 from node_image.agent.context import ReconcileContext, run_reconcile
 from node_image.agent.outbox import Outbox
 from node_image.agent.reconcilers import Reconciler, build
@@ -109,6 +109,8 @@ class Agent:
         self._interim = False
         self._nudge_acked = 0
         self._pull_now = True
+        #: Work was done since the memory it freed was last given back (see ``memory``).
+        self._worked = False
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
         self._running = False
@@ -344,9 +346,13 @@ class Agent:
             now = time.monotonic()
             retry_at = t.retry_at if self._spec is not None else math.inf
             if not self._pull_now and now < self._next_pull() and now < retry_at:
+                if self._worked:
+                    self._worked = False
+                    memory.release()
                 await _wait(self._wake, min(self._next_pull(), retry_at) - now)
                 self._wake.clear()
                 continue
+            self._worked = True
             try:
                 pulled = await self._pull_if_due(link)
                 if self._spec is not None and (pulled or time.monotonic() >= t.retry_at):
@@ -479,6 +485,7 @@ class Agent:
                 delivered = False
             if delivered:
                 backoff.reset()
+                memory.release()
                 continue
             delay = backoff.next()
             log.warning("status not delivered; retrying in %.0fs", delay)
