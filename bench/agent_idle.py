@@ -15,6 +15,12 @@ interpreter, started at the same time, whose VmRSS is the floor of any Python pr
 
 Targets: RSS <= 40 MB, CPU <= 0.5 % (of one core).
 
+The agents run with the environment the device's systemd unit gives them
+(``build/systemd/corral-agent.service``: ``PYTHONOPTIMIZE=2``, no docstrings kept);
+``--bare-env`` runs them without it. Their bytecode is compiled once beforehand into a cache of
+the bench's own (``PYTHONPYCACHEPREFIX``), as a device's first start leaves it cached; without
+that, a machine with ``PYTHONDONTWRITEBYTECODE`` set compiles every module at every start.
+
 Run: ``.venv/bin/python bench/agent_idle.py [--seconds 60] [--quick]`` (quick = 10 s, not
 recorded).
 """
@@ -39,8 +45,29 @@ from bench.stack import Stack, file_spec  # noqa: E402
 from tests.server_process import tree_env  # noqa: E402
 from tests.waiting import wait_until  # noqa: E402
 
+UNIT = Path(__file__).resolve().parent.parent / "build" / "systemd" / "corral-agent.service"
 TARGET_RSS_MB = 40.0
 TARGET_CPU_PCT = 0.5
+
+
+def unit_environment(unit: Path = UNIT) -> dict[str, str]:
+    """The ``Environment=NAME=VALUE`` lines of the agent's systemd unit."""
+    found = {}
+    for line in unit.read_text().splitlines():
+        if line.startswith("Environment="):
+            name, _, value = line.removeprefix("Environment=").partition("=")
+            found[name] = value
+    return found
+
+
+def with_bytecode_cache(env: dict[str, str], cache: Path) -> dict[str, str]:
+    """``env`` with a bytecode cache in ``cache``, warmed by importing the agent once."""
+    env = {k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(cache)
+    subprocess.run(
+        [sys.executable, "-c", "import node_image.agent.cli"], check=True, env=env, timeout=120
+    )
+    return env
 
 
 def agent_argv(*args: str) -> list[str]:
@@ -98,9 +125,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="10 s window, not recorded")
     parser.add_argument("--profile", type=Path, help="py-spy the agents into DIR")
     parser.add_argument("--no-record", action="store_true")
+    parser.add_argument(
+        "--bare-env", action="store_true", help="not the systemd unit's environment"
+    )
     parser.add_argument("--note", default="")
     args = parser.parse_args(argv)
     seconds = args.seconds or (10.0 if args.quick else 60.0)
+    unit_env = {} if args.bare_env else unit_environment()
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
 
@@ -108,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     procs: list[subprocess.Popen[bytes]] = []
     try:
         stack.start()
+        env = with_bytecode_cache(tree_env(**unit_env), stack.root / "pycache")
         token = stack.create_fleet_group(file_spec("idle\n"))
         seed = stack.root / "seed.json"
         seed.write_text(
@@ -142,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                         ),
                         stdout=out,
                         stderr=subprocess.STDOUT,
-                        env=tree_env(),
+                        env=env,
                     )
                 )
         ids = [device_id_of(restarted_state), device_id_of(first_state)]
@@ -197,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         f"(peak {restarted.hwm * 1024 / 1e6:.1f}), CPU {restarted.cpu_pct(window):.3f}% | "
         f"first-boot agent VmRSS {first.rss_mb():.1f} MB (peak {first.hwm * 1024 / 1e6:.1f}), "
         f"CPU {first.cpu_pct(window):.3f}% | baseline bare python VmRSS {bare.rss_mb():.1f} MB | "
-        f"ratio {ratio:.2f}x (first boot {ratio_first:.2f}x) | "
+        f"ratio {ratio:.2f}x (first boot {ratio_first:.2f}x) | env {unit_env or 'bare'} | "
         f"[RSS <= {TARGET_RSS_MB:.0f} MB: {verdict(rss_ok)}; CPU <= {TARGET_CPU_PCT}%: "
         f"{verdict(cpu_ok)}]"
     )
@@ -223,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
             f"RSS <= {TARGET_RSS_MB:.0f} MB: {verdict(rss_ok)}; CPU <= {TARGET_CPU_PCT}%: "
             f"{verdict(cpu_ok)}",
             f"peak VmHWM {restarted.hwm * 1024 / 1e6:.1f} / {first.hwm * 1024 / 1e6:.1f} MB; "
-            f"embedded broker, MQTT connected, converged; {rev}"
+            f"embedded broker, MQTT connected, converged; bytecode cached; agent environment "
+            f"{' '.join(f'{k}={v}' for k, v in unit_env.items()) or 'bare'}; {rev}"
             + (f"; {args.note}" if args.note else ""),
         ]
     )

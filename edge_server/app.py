@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from edge_server import api
+from edge_server import web as dashboard
 from edge_server.api.middleware import errors
 from edge_server.channel import Channel, ChannelSettings
 from edge_server.keys import (
@@ -24,6 +25,7 @@ from edge_server.keys import (
     SESSIONS,
     SETTINGS,
     STORE,
+    TOKEN_SEALER,
     UPDATE_SIGNER,
 )
 from edge_server.mirror import Served, remove_stale_uploads
@@ -32,6 +34,7 @@ from edge_server.notifier import Notifier
 from edge_server.ops import status as status_ops
 from edge_server.pki import MQTT_IDENTITY, Pki
 from edge_server.ratelimit import FailureLimiter
+from edge_server.sealing import ensure as ensure_sealing_key
 from edge_server.server_certs import SERVER_CERTS, ServerCertificates
 from edge_server.sessions import MosquittoSessions, NoSessionControl, SessionControl
 from edge_server.settings import Settings
@@ -166,13 +169,16 @@ async def _blocking_guard(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(settings: Settings) -> web.Application:
     limit_tls_buffers()
-    app = web.Application(middlewares=[errors], client_max_size=settings.max_body_bytes)
+    app = web.Application(
+        middlewares=[errors, dashboard.html_errors], client_max_size=settings.max_body_bytes
+    )
     app[SETTINGS] = settings
     pki = Pki(settings.pki_dir)
     ca = pki.load_ca()
     app[CA] = ca
     app[CA_PEM] = ca.pem
     app[UPDATE_SIGNER] = ensure_signing_key(pki.update_signing_key_path)
+    app[TOKEN_SEALER] = ensure_sealing_key(pki.token_seal_key_path)
     app[ARTIFACTS_SERVED] = Served()
     settings.artifacts_dir.mkdir(mode=0o700, exist_ok=True)
     remove_stale_uploads(settings.artifacts_dir)
@@ -186,4 +192,5 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_server_certificates)
     app.cleanup_ctx.append(_blocking_guard)
     app.add_routes(api.routes())
+    dashboard.setup(app)
     return app

@@ -6,10 +6,12 @@ Runs synchronously before the event loop starts, so nothing here blocks a handle
 from __future__ import annotations
 
 import json
+import os
 import secrets
 from dataclasses import dataclass
+from pathlib import Path
 
-from edge_server import passwords, signing
+from edge_server import passwords, sealing, signing
 from edge_server.pki import Pki, write_private, write_public
 from edge_server.settings import Settings
 from edge_server.store import connect
@@ -25,6 +27,13 @@ class AdminCredentials:
     api_token: str
 
 
+def _private_database(path: Path) -> None:
+    """The database holds the operators' password hashes: 0600 (SQLite gives its -wal and
+    -shm files the database file's mode)."""
+    os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+    path.chmod(0o600)
+
+
 def prepare(settings: Settings) -> AdminCredentials | None:
     """Idempotent. Returns the admin's credentials only on the very first start."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -32,11 +41,13 @@ def prepare(settings: Settings) -> AdminCredentials | None:
     pki = Pki(settings.pki_dir)
     pki.ensure(settings.server_names(), settings.server_cert_renew_before)
     signing.ensure(pki.update_signing_key_path)
+    sealing.ensure(pki.token_seal_key_path)
     settings.artifacts_dir.mkdir(mode=0o700, exist_ok=True)
     write_public(
         settings.client_config_path,
         json.dumps({"url": settings.local_url, "ca": str(settings.pki_dir / "ca.pem")}).encode(),
     )
+    _private_database(settings.db_path)
     db = connect(settings.db_path)
     try:
         migrate(db)

@@ -20,7 +20,9 @@ import json
 import logging
 import os
 import platform
+import socket
 import stat
+import time
 import uuid
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -95,6 +97,18 @@ class Host(Protocol):
 
     def reboot(self) -> NoReturn:
         """Start a reboot and raise ``RebootRequested``. Flush the outbox before calling."""
+        ...
+
+    def kernel_cmdline(self) -> str:
+        """The running kernel's command line ("" when there is none to read)."""
+        ...
+
+    def set_clock(self, seconds: float) -> None:
+        """Set the system clock (``CLOCK_REALTIME``) to ``seconds`` since the epoch."""
+        ...
+
+    def set_hostname(self, name: str) -> None:
+        """Make ``name`` the machine's hostname, now and after a reboot."""
         ...
 
     def boot_id(self) -> str:
@@ -258,6 +272,19 @@ class LinuxHost(_FileHost):
     def boot_id(self) -> str:
         return self.kernel.boot_id.read_text().strip()
 
+    def kernel_cmdline(self) -> str:
+        try:
+            return self.kernel.cmdline.read_text()
+        except FileNotFoundError:
+            return ""
+
+    def set_clock(self, seconds: float) -> None:
+        time.clock_settime(time.CLOCK_REALTIME, seconds)
+
+    def set_hostname(self, name: str) -> None:
+        self.write_file("/etc/hostname", f"{name}\n".encode(), 0o644)
+        socket.sethostname(name)
+
     def active_slot(self) -> str:
         """From the kernel command line (``corral.slot=``), else GRUB's good slot, else A."""
         booted = boot.slot_from_cmdline(self.kernel.cmdline.read_text())
@@ -296,6 +323,8 @@ MACHINE_FILE = "machine.json"
 #: ``systemctl`` in the tests) take their fixed paths under it.
 SIMULATED_ROOT_ENV = "CORRAL_SIMULATED_ROOT"
 BOOT_FILE = "boot.json"
+#: Where a ``SimulatedHost`` records the clock settings the agent made.
+CLOCK_FILE = "clock.json"
 
 
 class SimulatedHost(_FileHost):
@@ -382,6 +411,21 @@ class SimulatedHost(_FileHost):
 
     def boot_id(self) -> str:
         return str(self._boot_record()["boot_id"])
+
+    def kernel_cmdline(self) -> str:
+        """``rootfs/proc/cmdline``, which a test writes to stand for the kernel's."""
+        found = self.read_file("/proc/cmdline", 64 * 1024)
+        return found.content.decode(errors="replace") if found else ""
+
+    def set_clock(self, seconds: float) -> None:
+        """Recorded in ``clock.json`` (every setting, in order): the host's clock is not ours."""
+        data = read_json(self.directory / CLOCK_FILE)
+        settings = list(data["set"]) if isinstance(data, dict) else []
+        body = json.dumps({"set": [*settings, seconds]}).encode()
+        atomic_write(self.directory / CLOCK_FILE, body, fsync=self._durable)
+
+    def set_hostname(self, name: str) -> None:
+        self.write_file("/etc/hostname", f"{name}\n".encode(), 0o644)
 
     def boots(self) -> int:
         """How many times this simulated machine has booted."""

@@ -18,4 +18,8 @@ Count = Annotated[int, Field(ge=0, le=INT64_MAX)]
 
 class Document(BaseModel):
     # No NaN or infinity in any float field: JSON has neither, and SQLite stores inf as-is.
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, allow_inf_nan=False)
+    # Validators are built on first use: a side builds only the documents it uses, each
+    # once, not every nested document again on its own (the agent's idle memory, issue 6).
+    model_config = ConfigDict(
+        strict=True, extra="forbid", frozen=True, allow_inf_nan=False, defer_build=True
+    )

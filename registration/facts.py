@@ -195,6 +195,18 @@ def disk_from_properties(
     if size_sectors < 0:
         log.debug("disk %s has a negative size %s; skipped", name, size_sectors)
         return None
+    return Disk(
+        name=_clip(name),
+        size_bytes=size_sectors * SECTOR_BYTES,
+        model=_text(properties.get("ID_MODEL")),
+        serial=disk_serial(properties),
+        removable=removable,
+        bus=disk_bus(properties),
+    )
+
+
+def disk_bus(properties: Mapping[str, str]) -> str | None:
+    """``ID_BUS``, or the bus the device path shows when udev has no database (containers)."""
     bus = _text(properties.get("ID_BUS"))
     if bus is None:
         devpath = properties.get("DEVPATH", "")
@@ -202,14 +214,11 @@ def disk_from_properties(
             bus = "usb"
         elif "/virtio" in devpath:
             bus = "virtio"
-    return Disk(
-        name=_clip(name),
-        size_bytes=size_sectors * SECTOR_BYTES,
-        model=_text(properties.get("ID_MODEL")),
-        serial=_text(properties.get("ID_SERIAL_SHORT")) or _text(properties.get("ID_SERIAL")),
-        removable=removable,
-        bus=bus,
-    )
+    return bus
+
+
+def disk_serial(properties: Mapping[str, str]) -> str | None:
+    return _text(properties.get("ID_SERIAL_SHORT")) or _text(properties.get("ID_SERIAL"))
 
 
 def _attribute(device: Any, name: str) -> str | None:

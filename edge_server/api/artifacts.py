@@ -27,6 +27,7 @@ from edge_server.auth import (
     operator,
     peer_certificate,
 )
+from edge_server.downloads import SEND_CHUNK, byte_range, ranged_response
 from edge_server.errors import BadRequest, NotFound
 from edge_server.keys import ARTIFACTS_SERVED, NOTIFIER, SETTINGS, STORE, UPDATE_SIGNER
 from edge_server.ops import artifacts as artifact_ops
@@ -41,7 +42,6 @@ routes = web.RouteTableDef()
 CHUNK = 1 << 20
 #: Downloads are read and sent this much at a time: with the transport's buffer, what one
 #: download holds in memory, whatever the file's size.
-SEND_CHUNK = 256 << 10
 IMPORT_FIELDS = ("kind", "name", "version", "arch", "sha256")
 
 
@@ -135,27 +135,6 @@ async def delete_artifact(request: web.Request) -> web.Response:
     return json_response(done)
 
 
-def _byte_range(request: web.Request, size: int, etag: str) -> tuple[int, int] | None:
-    """``(start, stop)`` asked for by ``Range`` (one range; ``If-Range`` honoured), or None
-    for the whole file. Raises 416 for a range outside the file."""
-    if "Range" not in request.headers:
-        return None
-    if_range = request.headers.get("If-Range")
-    if if_range is not None and if_range != etag:
-        return None  # the file changed since the client's copy: send it whole
-    try:
-        wanted = request.http_range
-    except ValueError:
-        return None  # RFC 9110 §14.2: an invalid Range is ignored
-    start = wanted.start if wanted.start is not None else 0
-    if start < 0:
-        start = max(size + start, 0)
-    stop = size if wanted.stop is None else min(wanted.stop, size)
-    if start >= size or start >= stop:
-        raise web.HTTPRequestRangeNotSatisfiable(headers={"Content-Range": f"bytes */{size}"})
-    return start, stop
-
-
 def _open_at(path: Path, offset: int) -> IO[bytes]:
     f = open(path, "rb")  # closed by the caller
     f.seek(offset)
@@ -174,19 +153,12 @@ async def artifact_content(request: web.Request) -> web.StreamResponse:
     path = mirror.path_of(app[SETTINGS].artifacts_dir, row.sha256)
     etag = f'"{row.sha256}"'
     served = app[ARTIFACTS_SERVED]
-    span = _byte_range(request, row.size, etag)
-    start, stop = span if span is not None else (0, row.size)
+    span = byte_range(request, row.size, etag)
+    response, start, stop = ranged_response(span, row.size, etag)
     try:
         f = await asyncio.to_thread(_open_at, path, start)
     except FileNotFoundError as e:
         raise NotFound(f"artifact {row.id} has no file in the mirror") from e
-    response = web.StreamResponse(status=206 if span is not None else 200)
-    response.content_type = "application/octet-stream"
-    response.content_length = stop - start
-    response.headers["Accept-Ranges"] = "bytes"
-    response.headers["ETag"] = etag
-    if span is not None:
-        response.headers["Content-Range"] = f"bytes {start}-{stop - 1}/{row.size}"
     served.requests += 1
     served.range_requests += span is not None
     try:

@@ -28,7 +28,7 @@ from edge_server.ops.rows import (
 from edge_server.store import Store, connect
 from edge_server.store import devices as devices_store
 from edge_server.store import state as state_store
-from edge_server.store.rows import audit
+from edge_server.store.rows import audit, audit_of
 from registration.desired import Spec, SpecDocument, SpecPatch
 from registration.protocol import LabelPatch
 
@@ -52,6 +52,8 @@ class DeviceSummary(Row):
     conditions: list[ConditionJson]
     last_seen: float | None
     groups: list[str]
+    status_at: float | None = Field(description="when its last status event was applied")
+    revoked: bool = Field(description="no certificate of it is valid any more")
 
 
 class DevicePage(Row):
@@ -157,11 +159,13 @@ def _record(row: dict[str, Any]) -> dict[str, Any]:
 
 
 async def list_page(
-    store: Store, selector: selectors.Selector, limit: int, after: str | None
+    store: Store, selector: selectors.Selector, limit: int, after: str | None, search: str = ""
 ) -> DevicePage:
+    """A page of devices by id; ``search`` matches a part of the id or the name."""
+
     def read(db: Database) -> tuple[list[dict[str, Any]], int]:
-        return devices_store.list_page(db, selector, limit + 1, after), devices_store.count(
-            db, selector
+        return devices_store.list_page(db, selector, limit + 1, after, search), devices_store.count(
+            db, selector, search
         )
 
     rows, total = await store.read(read)
@@ -172,6 +176,62 @@ async def list_page(
         total=total,
         next=rows[-1]["id"] if more and rows else None,
     )
+
+
+async def summary(store: Store, device_id: str) -> DeviceSummary | None:
+    """One device as a list shows it; None when there is no such device (any more)."""
+    row = await store.read(lambda db: devices_store.listed_one(db, device_id))
+    return DeviceSummary.model_validate(_record(row)) if row is not None else None
+
+
+class TimelineEntry(Row):
+    at: float
+    what: str = Field(description="an audit action (device.label) or status")
+    actor: str
+    detail: str
+
+
+def _said(detail: dict[str, Any]) -> str:
+    """An audit entry's detail in words: ``labels: site=eu, role removed``."""
+    parts = []
+    for key, value in detail.items():
+        if isinstance(value, dict):
+            inner = ", ".join(
+                f"{k}={v}" if v is not None else f"{k} removed" for k, v in value.items()
+            )
+            parts.append(f"{key}: {inner}")
+        else:
+            parts.append(f"{key}={value}")
+    return "; ".join(parts)
+
+
+async def timeline(store: Store, device_id: str, limit: int = 30) -> list[TimelineEntry]:
+    """What operators did to the device and what it reported, newest first."""
+
+    def read(db: Database) -> list[TimelineEntry]:
+        entries = [
+            TimelineEntry(
+                at=a["at"],
+                what=a["action"],
+                actor=a["actor"],
+                detail=_said(a["detail"]),
+            )
+            for a in audit_of(db, device_id, limit)
+        ]
+        for e in state_store.recent_events(db, device_id, limit):
+            summary = ", ".join(f"{c['type']} {c['status']}" for c in e["conditions"])
+            entries.append(
+                TimelineEntry(
+                    at=e["applied_at"],
+                    what=f"status #{e['seq']}",
+                    actor=f"device (via {e['via']})",
+                    detail=f"observed generation {e['observed_generation']}: {summary}",
+                )
+            )
+        entries.sort(key=lambda t: t.at, reverse=True)
+        return entries[:limit]
+
+    return await store.read(read)
 
 
 async def show(store: Store, device_id: str) -> DeviceDetail:

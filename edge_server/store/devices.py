@@ -16,7 +16,9 @@ LIST_COLUMNS = (
     "d.id, d.name, d.group_name, d.labels, d.agent_version, d.registered_at, d.updated_at,"
     " d.facts, coalesce(s.online, 0) AS online, coalesce(s.generation, 0) AS generation,"
     " coalesce(s.observed_generation, 0) AS observed_generation,"
-    " coalesce(s.conditions, '[]') AS conditions, s.last_seen, s.groups"
+    " coalesce(s.conditions, '[]') AS conditions, s.last_seen, s.groups, s.status_at,"
+    " NOT EXISTS (SELECT 1 FROM certificates c WHERE c.device_id = d.id"
+    " AND c.revoked_at IS NULL) AS revoked"
 )
 FROM_JOINED = "devices d LEFT JOIN device_state s ON s.device_id = d.id"
 
@@ -111,9 +113,13 @@ def set_operator_labels(
     return get(db, device_id)
 
 
-def _where(selector: Selector, after: str | None) -> tuple[str, list[Any]]:
+def _where(selector: Selector, after: str | None, search: str = "") -> tuple[str, list[Any]]:
     clauses: list[str] = []
     params: list[Any] = []
+    if search:
+        like = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        clauses.append("(d.id LIKE ? ESCAPE '\\' OR d.name LIKE ? ESCAPE '\\')")
+        params.extend([like, like])
     for req in selector.requirements:
         path = f'$."{req.key}"'
         if req.op == "exists":
@@ -135,9 +141,9 @@ def _where(selector: Selector, after: str | None) -> tuple[str, list[Any]]:
 
 
 def list_page(
-    db: Database, selector: Selector, limit: int, after: str | None
+    db: Database, selector: Selector, limit: int, after: str | None, search: str = ""
 ) -> list[dict[str, Any]]:
-    where, params = _where(selector, after)
+    where, params = _where(selector, after, search)
     rows = db.query(
         f"SELECT {LIST_COLUMNS} FROM {FROM_JOINED}{where} ORDER BY d.id LIMIT ?",  # noqa: S608
         [*params, limit],
@@ -145,16 +151,29 @@ def list_page(
     return [_listed(dict(r)) for r in rows]
 
 
+def listed_one(db: Database, device_id: str) -> dict[str, Any] | None:
+    """One device as a list shows it (the dashboard's live updates)."""
+    rows = list(
+        db.query(
+            f"SELECT {LIST_COLUMNS} FROM {FROM_JOINED} WHERE d.id = ?",  # noqa: S608
+            (device_id,),
+        )
+    )
+    return _listed(dict(rows[0])) if rows else None
+
+
 def _listed(row: dict[str, Any]) -> dict[str, Any]:
     row = loads_columns(row, "labels", "facts", "conditions", "groups")
     row["online"] = bool(row["online"])
+    row["revoked"] = bool(row["revoked"])
     row["groups"] = row["groups"] or []
     return row
 
 
-def count(db: Database, selector: Selector) -> int:
-    where, params = _where(selector, None)
-    sql = f"SELECT count(*) FROM {FROM_JOINED}{where}"  # noqa: S608
+def count(db: Database, selector: Selector, search: str = "") -> int:
+    where, params = _where(selector, None, search)
+    # The clauses read only ``devices`` (labels, id, name): no join to count them.
+    sql = f"SELECT count(*) FROM devices d{where}"  # noqa: S608
     return int(db.execute(sql, params).fetchone()[0])
 
 

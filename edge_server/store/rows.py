@@ -30,3 +30,11 @@ def audit(db: Database, actor: str, action: str, target: str, **detail: Any) -> 
 def list_audit(db: Database, limit: int = 100) -> list[dict[str, Any]]:
     rows = db.query("SELECT * FROM audit ORDER BY id DESC LIMIT ?", (limit,))
     return [loads_columns(dict(r), "detail") for r in rows]
+
+
+def audit_of(db: Database, target: str, limit: int = 50) -> list[dict[str, Any]]:
+    """The newest audit entries about one target (a device id, a group name...)."""
+    rows = db.query(
+        "SELECT * FROM audit WHERE target = ? ORDER BY id DESC LIMIT ?", (target, limit)
+    )
+    return [loads_columns(dict(r), "detail") for r in rows]

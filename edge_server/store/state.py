@@ -198,3 +198,13 @@ def event_counts(db: Database, device_id: str) -> dict[str, int]:
         (device_id,),
     ).fetchone()
     return {"events": row[0], "distinct": row[1], "max_seq": row[2]}
+
+
+def recent_events(db: Database, device_id: str, limit: int = 50) -> list[dict[str, Any]]:
+    """The device's newest status events, newest first."""
+    rows = db.query(
+        "SELECT seq, observed_generation, conditions, at, applied_at, via FROM status_events"
+        " WHERE device_id = ? ORDER BY seq DESC LIMIT ?",
+        (device_id, limit),
+    )
+    return [loads_columns(dict(r), "conditions") for r in rows]

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
 
-from node_image.agent import daemon
+from node_image.agent import clock, daemon, firstboot, memory, seedsource
 from node_image.agent import seed as seed_mod
 from node_image.agent.context import ReconcileContext, run_reconcile
 from node_image.agent.reconcilers import build
@@ -41,10 +41,18 @@ DEFAULT_STATE_DIR = "/var/lib/corral-agent"
 
 
 def cmd_register(args: argparse.Namespace) -> int:
-    from node_image.agent import register as register_mod  # heavy: only to register
-
-    seed = seed_mod.load(Path(args.seed))
-    result = register_mod.register(seed, StateDir(Path(args.state_dir)))
+    """One registration attempt, with the seed named (or found: ``--seed auto``)."""
+    host = make_host(args)
+    if args.seed == seedsource.AUTO:
+        found = seedsource.find(host, seedsource.AUTO, partitions=not args.simulated)
+        if found is None:
+            raise AgentError("no seed found (not seeded, no corral.seed=, no CORRAL partition)")
+        seed = found.seed
+    else:
+        seed = seed_mod.load(Path(args.seed))
+    state = StateDir(Path(args.state_dir))
+    firstboot.prepare(seed, host)
+    result = firstboot.register_once(seed, state, host, args.time_sync_wait)
     sys.stdout.write(
         json.dumps(
             {
@@ -57,17 +65,6 @@ def cmd_register(args: argparse.Namespace) -> int:
         + "\n"
     )
     return 0
-
-
-def load_seed_for_run(path: str | None, state: StateDir) -> seed_mod.Seed | None:
-    """The seed, which only a device without an identity needs. A registered device does not
-    read it (nor load what parsing it takes), so it keeps running when the seed is gone."""
-    if path is None:
-        return None
-    if state.read_identity() is not None:
-        log.debug("seed %s not used: already registered", path)
-        return None
-    return seed_mod.load(Path(path))
 
 
 async def run_agent(agent: daemon.Agent) -> None:
@@ -94,22 +91,26 @@ def _stop(signum: int, frame: FrameType | None) -> None:
     raise _Stopped(signal.Signals(signum).name)
 
 
-def register_first(seed: seed_mod.Seed, state: StateDir, host: Host) -> bool:
-    """First boot: register in this process, retrying with backoff like the daemon would.
+def register_first(args: argparse.Namespace, state: StateDir, host: Host) -> bool:
+    """First boot: find the seed (waiting for one), apply it and register in this process,
+    retrying with backoff like the daemon would.
 
     False when a signal stopped it. The caller then re-executes the agent: what registration
     loads (cryptography, pyudev, the facts) stays resident in a Python process once imported,
     and the agent that runs for months starts afresh without it, like every later boot.
     """
-    from node_image.agent import register as register_mod  # heavy: only to register
-
     settings = daemon.AgentSettings
     backoff = Backoff(5.0, settings.register_backoff_cap, settings.jitter)
     previous = {s: signal.signal(s, _stop) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
+        found = seedsource.wait_for_seed(
+            host, args.seed, partitions=not args.simulated, backoff=Backoff(5.0, 60.0)
+        )
+        assert found is not None  # noqa: S101 - without a stop event it waits until found
+        firstboot.prepare(found.seed, host)
         while True:
             try:
-                result = register_mod.register(seed, state, collect=host.collect_facts)
+                result = firstboot.register_once(found.seed, state, host, args.time_sync_wait)
             except CorruptStateFile:
                 raise
             except AgentError as e:
@@ -166,11 +167,12 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    memory.without_pydantic_plugins()  # before the first document is validated
     host = make_host(args)
     state = StateDir(Path(args.state_dir))
-    seed = load_seed_for_run(args.seed, state)
-    if seed is not None:
-        if not register_first(seed, state, host):
+    if args.seed is not None and state.read_identity() is None:
+        # A registered device does not look for the seed (nor load what parsing it takes).
+        if not register_first(args, state, host):
             return 0
         if state.read_identity() is None:  # never re-exec into another registration
             raise AgentError(f"registered, but {state.root} holds no complete identity")
@@ -184,7 +186,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         ),
         mqtt=not args.no_mqtt,
     )
-    agent = daemon.Agent(state.root, host, seed, settings)
+    agent = daemon.Agent(state.root, host, None, settings)
+    memory.release()  # what importing and building the agent freed
     try:
         asyncio.run(run_agent(agent))
     except RebootRequested as e:
@@ -207,12 +210,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
     reg = sub.add_parser("register", help="register this device with a seed file")
-    reg.add_argument("--seed", required=True, help="seed JSON: server URL and token")
+    reg.add_argument(
+        "--seed", required=True, help="seed JSON (server URL and token), or 'auto' to find it"
+    )
     reg.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
+    reg.add_argument("--simulated", metavar="DIR", help="register a simulated device kept in DIR")
+    add_machine_flags(reg)
     reg.set_defaults(func=cmd_register)
     run = sub.add_parser("run", help="run the agent: register if needed, then reconcile")
     run.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
-    run.add_argument("--seed", help="seed JSON, used only while the device has no identity")
+    run.add_argument(
+        "--seed",
+        help="seed JSON, used only while the device has no identity; 'auto' (or a file that "
+        "does not exist) looks on the kernel command line, the boot medium and CORRAL/CIDATA "
+        "partitions, and waits until one turns up",
+    )
     run.add_argument(
         "--simulated", metavar="DIR", help="manage a simulated device kept in DIR, not this host"
     )
@@ -248,6 +260,12 @@ def add_machine_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--kernel-cmdline", default=str(CMDLINE), help=argparse.SUPPRESS)
     group.add_argument("--boot-id-file", default=str(BOOT_ID), help=argparse.SUPPRESS)
     group.add_argument("--reboot-command", default=shlex.join(REBOOT), help=argparse.SUPPRESS)
+    group.add_argument(
+        "--time-sync-wait",
+        type=float,
+        default=clock.SYNC_WAIT,
+        help="seconds to wait for time sync when the clock is impossible (default %(default)s)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

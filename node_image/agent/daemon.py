@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from node_image.agent import clock, memory
 from node_image.agent.context import ReconcileContext, Supersede, run_reconcile
 from node_image.agent.outbox import Outbox
 from node_image.agent.reconcilers import Reconciler, build
@@ -96,6 +97,8 @@ class Agent:
         #: A pull succeeded since the last pass started: reconcile (again).
         self._reconcile_due = False
         self._pass: Pass | None = None
+        #: Work was done since the memory it freed was last given back (see ``memory``).
+        self._worked = False
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
         self._running = False
@@ -220,9 +223,19 @@ class Agent:
         return identity
 
     def _register(self, seed: Seed) -> register_mod.Result:
-        from node_image.agent import register  # requests and cryptography: only to register
+        from node_image.agent import firstboot  # cryptography: only to register
 
-        return register.register(seed, self.state, collect=self.host.collect_facts)
+        return firstboot.register_once(seed, self.state, self.host)
+
+    def _recover_clock(self, server: str, error: ApiError) -> bool:
+        """TLS refused the server's certificate for its dates: set the clock from the server
+        (over the CA pinned at registration) when it is off. True if it was set (blocking)."""
+        if not clock.is_date_error(error):
+            return False
+        from registration import identity  # cryptography: only when the clock is wrong
+
+        pinned = identity.fingerprint(identity.cert_from_pem(self.state.ca.read_bytes()))
+        return clock.recover(self.host, server, pinned, error)
 
     async def _open(self, identity: Identity) -> Link:
         s = self.settings
@@ -325,9 +338,13 @@ class Agent:
                 retry_at = t.retry_at if self._spec is not None and not self._pass else math.inf
                 ready = retry_at <= now or (self._reconcile_due and self._pass is None)
                 if not self._pull_now and now < self._next_pull() and not ready:
+                    if self._worked and self._pass is None:  # idle: give freed memory back
+                        self._worked = False
+                        memory.release()
                     await wait_event(self._wake, min(self._next_pull(), retry_at) - now)
                     self._wake.clear()
                     continue
+                self._worked = True
                 try:
                     if await self._pull_if_due(link):
                         self._reconcile_due = True
@@ -335,7 +352,9 @@ class Agent:
                     self._state_error(e)
                 self._start_pass(link)
         finally:
-            await self._cancel_pass()
+            running, self._pass = self._pass, None
+            if running is not None:
+                await running.cancel()  # stopping
 
     def _start_pass(self, link: Link) -> None:
         """Supersede a pass of an older generation; start a pass if one is due and none runs."""
@@ -376,25 +395,9 @@ class Agent:
         elif error is not None:
             raise error
 
-    async def _cancel_pass(self) -> None:
-        """Stopping: cancel the running pass and wait for it to end."""
-        running, self._pass = self._pass, None
-        if running is None:
-            return
-        running.task.cancel()
-        try:
-            await running.task
-        except asyncio.CancelledError:
-            if not running.task.cancelled():
-                raise  # the worker itself is being cancelled too; the pass has ended
-        except (Exception, RebootRequested) as e:
-            log.debug("the reconcile pass ended while stopping: %r", e)
-
     def _state_error(self, e: OSError) -> None:
         # The state directory cannot be written (full, read-only): keep going.
-        t = self._timers
-        delay = t.retry_backoff.next()
-        t.retry_at = time.monotonic() + delay
+        delay = self._timers.retry_later()
         log.error("cannot write state in %s: %s; retrying in %.0fs", self.state.root, e, delay)
 
     async def _pull_if_due(self, link: Link) -> bool:
@@ -409,6 +412,9 @@ class Agent:
         try:
             await self._pull(link)
         except ApiError as e:
+            if await asyncio.to_thread(self._recover_clock, link.identity.api, e):
+                self._pull_now = True  # the clock was wrong: try again at once
+                return False
             delay = t.pull_backoff.next()
             t.pull_blocked_until = time.monotonic() + delay
             log.warning("spec pull failed: %s; next try in %.0fs", e, delay)
@@ -444,8 +450,7 @@ class Agent:
             t.retry_backoff.reset()
             t.retry_at = math.inf
         else:
-            delay = t.retry_backoff.next()
-            t.retry_at = time.monotonic() + delay
+            delay = t.retry_later()
             log.info("generation %s not converged; retrying in %.0fs", document.generation, delay)
         async with self._changed:
             self._status = status
@@ -525,6 +530,7 @@ class Agent:
                 delivered = False
             if delivered:
                 backoff.reset()
+                memory.release()
                 continue
             delay = backoff.next()
             log.warning("status not delivered; retrying in %.0fs", delay)

@@ -4,15 +4,20 @@ through, and how its tasks wait for an event (:func:`wait_event`)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
+import time
 from dataclasses import dataclass
 
 from node_image.agent.context import Supersede
 from node_image.agent.outbox import Outbox
 from node_image.agent.settings import Identity
 from node_image.agent.transport import ApiClient, Backoff, MqttChannel
+from node_image.boot import RebootRequested
 
 __all__ = ["Link", "Pass", "Timers", "wait_event"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -26,6 +31,12 @@ class Timers:
     pull_blocked_until: float = -math.inf
     retry_at: float = math.inf
 
+    def retry_later(self) -> float:
+        """Retry the reconcile after the retry backoff's next delay; that delay."""
+        delay = self.retry_backoff.next()
+        self.retry_at = time.monotonic() + delay
+        return delay
+
 
 @dataclass
 class Pass:
@@ -34,6 +45,17 @@ class Pass:
     task: asyncio.Task[None]
     generation: int
     supersede: Supersede
+
+    async def cancel(self) -> None:
+        """Cancel the pass outright (the agent is stopping) and wait for it to end."""
+        self.task.cancel()
+        try:
+            await self.task
+        except asyncio.CancelledError:
+            if not self.task.cancelled():
+                raise  # the waiting task is being cancelled too; the pass has ended
+        except (Exception, RebootRequested) as e:
+            log.debug("the reconcile pass ended while stopping: %r", e)
 
 
 @dataclass(frozen=True)

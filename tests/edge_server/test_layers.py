@@ -1,4 +1,5 @@
-"""The layers hold: HTTP handlers and the CLI reach the database only through operations."""
+"""The layers hold: HTTP handlers, the dashboard and the CLI reach the database only through
+operations; the dashboard never calls an API handler."""
 
 from __future__ import annotations
 
@@ -37,7 +38,13 @@ def store_imports(source: str, package: str) -> list[str]:
 
 @pytest.mark.parametrize(
     "path",
-    sorted([*(PACKAGE / "api").glob("*.py"), *(PACKAGE / "cli").glob("*.py")]),
+    sorted(
+        [
+            *(PACKAGE / "api").glob("*.py"),
+            *(PACKAGE / "cli").glob("*.py"),
+            *(PACKAGE / "web").glob("*.py"),
+        ]
+    ),
     ids=lambda p: f"{p.parent.name}/{p.name}",
 )
 def test_handlers_and_cli_do_not_import_the_store(path: Path) -> None:
@@ -56,3 +63,12 @@ def test_the_check_sees_every_form_of_import() -> None:
     }
     for source, expected in forms.items():
         assert store_imports(source, "edge_server.api") == expected, source
+
+
+@pytest.mark.parametrize(
+    "path", sorted((PACKAGE / "web").glob("*.py")), ids=lambda p: f"web/{p.name}"
+)
+def test_the_dashboard_does_not_call_api_handlers(path: Path) -> None:
+    names = imported_modules(path.read_text(), "edge_server.web")
+    found = sorted(n for n in names if n == "edge_server.api" or n.startswith("edge_server.api."))
+    assert found == [], f"{path} imports {found}; call edge_server.ops instead"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from node_image.agent.context import ReconcileContext
-from node_image.agent.reconcilers import REGISTRY, BundlesReconciler, K3sReconciler, Reconciler
+from node_image.agent.reconcilers import REGISTRY, BundlesReconciler, Reconciler, build
 from node_image.agent.reconcilers.bundles import K3S_BINARY, MANIFESTS
 from node_image.agent.state import StateDir
 from node_image.host import SimulatedHost
@@ -77,8 +77,9 @@ def ctx(host: SimulatedHost, state: StateDir, reports: Reports | None = None) ->
     return ReconcileContext("bundles", host, state, report=reports)
 
 
-def test_bundles_run_after_k3s_in_the_registry() -> None:
-    assert REGISTRY.index(BundlesReconciler) > REGISTRY.index(K3sReconciler)
+def test_bundles_run_after_k3s_in_the_registry(state: StateDir) -> None:
+    names = [reconciler.name for reconciler in build(state, REGISTRY)]
+    assert names.index("bundles") > names.index("k3s")
 
 
 async def test_on_the_server_node_each_bundle_is_written_to_the_manifests_dir(

@@ -79,8 +79,17 @@ async def test_a_reboot_stops_the_agent_and_the_restarted_agent_reports_the_new_
     again = Agent(tmp_path / "state", SimulatedHost(tmp_path / "device"), None, settings)
     run = asyncio.create_task(again.run())
     try:
-        status = await asyncio.wait_for(again.wait_for_generation(0, acked=True), WAIT)
-        os_condition = next(c for c in status.conditions if c.type == "os")
+        # The restarted agent first holds (and may get acknowledged) the status it had before
+        # the reboot, "Progressing: Rebooting"; wait for its own pass's report.
+        async def slot_reported() -> Condition:
+            while True:
+                status = await again.wait_for_generation(0, acked=True)
+                found = next(c for c in status.conditions if c.type == "os")
+                if found.reason != "Rebooting":
+                    return found
+                await asyncio.sleep(0.1)
+
+        os_condition = await asyncio.wait_for(slot_reported(), WAIT)
         assert (os_condition.status, os_condition.message) == ("Ready", "slot B")
         assert await asyncio.to_thread(host.read_grubenv) == {"corral_slot": "B"}
         shown = await asyncio.to_thread(server.api, "GET", f"/api/v1/devices/{again.device_id}")

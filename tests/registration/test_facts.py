@@ -49,10 +49,16 @@ def fixture_disk(name: str) -> Disk:
 
 def test_fixtures_present() -> None:
     assert sorted(p.name for p in FIXTURES.glob("*.properties")) == [
+        "host-loop.properties",
         "qemu-sda.properties",
         "qemu-sdb.properties",
         "qemu-vda.properties",
     ]
+
+
+def test_the_recorded_loop_device_is_left_out_of_the_facts() -> None:
+    properties, size, removable = load_fixture("host-loop")
+    assert disk_from_properties("loop0", properties, size, removable) is None
 
 
 @pytest.mark.parametrize(

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 from node_image.agent.context import ReconcileContext
 from node_image.agent.reconcilers import k3s
+from node_image.agent.reconcilers.deferred import BUNDLES, bundles_not_server
 from node_image.agent.reconcilers.managed_files import ManagedFiles, Outcome, Plan, Wanted
 from node_image.agent.state import StateDir
 from node_image.errors import AgentError
@@ -32,7 +33,7 @@ from registration.desired import Bundle, Condition, Spec
 
 log = logging.getLogger(__name__)
 
-NAME = "bundles"
+NAME = BUNDLES
 #: K3s's auto-deploy directory on the server node.
 MANIFESTS = "/var/lib/rancher/k3s/server/manifests"
 #: Where the K3s reconciler has the installer put the binary.
@@ -57,10 +58,8 @@ class BundlesReconciler:
 
     async def reconcile(self, spec: Spec, ctx: ReconcileContext) -> Condition:
         # 1. Only the K3s server node deploys bundles; elsewhere nothing is touched.
-        if spec.k3s.role != "server":
-            return Condition(
-                type=NAME, status="Applied", reason="NotServer", message="not the K3s server node"
-            )
+        if (idle := bundles_not_server(spec)) is not None:
+            return idle
         outcome = Outcome(NAME)
         # 2. What we wrote, what the spec wants, what the manifests dir holds: the plan.
         wanted = self.wanted(spec.bundles)

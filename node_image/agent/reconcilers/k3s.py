@@ -38,6 +38,7 @@ from urllib.parse import urljoin, urlsplit
 from node_image.agent.context import ReconcileContext
 from node_image.agent.download import DownloadError
 from node_image.agent.reconcilers.base import error_condition
+from node_image.agent.reconcilers.deferred import K3S, k3s_not_wanted
 from node_image.agent.state import StateDir, read_json
 from node_image.agent.transport import ApiError
 from node_image.commands import CommandError
@@ -47,7 +48,7 @@ from registration.desired import Condition, K3sSpec, Spec
 
 log = logging.getLogger(__name__)
 
-NAME = "k3s"
+NAME = K3S
 BIN_DIR = "/usr/local/bin"
 SYSTEMD_DIR = "/etc/systemd/system"
 IMAGES_DIR = "/var/lib/rancher/k3s/agent/images"
@@ -126,9 +127,9 @@ class K3sReconciler:
         self.timing = timing
 
     async def reconcile(self, spec: Spec, ctx: ReconcileContext) -> Condition:
+        if (idle := k3s_not_wanted(spec)) is not None:
+            return idle
         want = spec.k3s
-        if want.version is None:
-            return _condition("Applied", "NotWanted", "the spec asks for no K3s")
         try:
             # 1. What the spec asks for.
             plan = _plan(want)

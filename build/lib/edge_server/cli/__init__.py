@@ -1,0 +1,1 @@
+"""``corral``: the operator's command line, ``corral <noun> <verb>``."""
