@@ -40,7 +40,9 @@ def add_parsers(verbs: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out", required=True, type=Path, help="the ISO to write, e.g. base.iso")
     p.add_argument("--os-version", help="the OS version (default: <package version>+<hash>)")
-    p.add_argument("--overlay", type=Path, help="files copied into the root (default build/overlay)")
+    p.add_argument(
+        "--overlay", type=Path, help="files copied into the root (default build/overlay)"
+    )
     p.add_argument("--cache-dir", type=Path, help="the build cache (default ~/.cache/corral)")
     p.set_defaults(func=run, local=True)
 

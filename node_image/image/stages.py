@@ -35,7 +35,7 @@ TOOLS = ("mmdebstrap", "mksquashfs", "grub-mkrescue", "xorriso", "mount", "umoun
 CHROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 #: Inside the rootfs for the length of a pip run only (the host's CA reaches the registries).
-CHROOT_CA = "/tmp/corral-build-ca.crt"
+CHROOT_CA = "/root/corral-build-ca.crt"
 #: The live system reads the seed from the boot medium until the agent finds it itself.
 SEED_LINK = "/etc/corral/seed.json"
 BUILD_TIME_FILE = "/etc/corral/build-time"
@@ -218,7 +218,7 @@ def _install_agent(root: Path, wheel_dir: Path, log: Log) -> None:
     wheels = sorted(wheel_dir.glob("*.whl"))
     if len(wheels) != 1:
         raise ImageBuildError(f"expected one wheel in {wheel_dir}, found {len(wheels)}")
-    inside = Path("/tmp") / wheels[0].name
+    inside = Path("/root") / wheels[0].name
     shutil.copyfile(wheels[0], root / inside.relative_to("/"))
     try:
         with chroot_mounts(root, log):
