@@ -206,18 +206,28 @@ def default_version(repo: Path, source_key: str) -> str:
 
 
 def build_wheel(repo: Path, dest: Path, log: Log) -> None:
-    """This repo's own wheel, without dependencies (they are in stage 1's venv)."""
-    dest.mkdir(parents=True, exist_ok=True)
+    """This repo's own wheel, without dependencies (they are in stage 1's venv).
+
+    Built from a copy of the packages, so setuptools' ``build/`` and ``*.egg-info`` never
+    land in the source tree (whose ``build/`` is the image recipe).
+    """
+    src = dest / "src"
+    src.mkdir(parents=True)
+    for name in ("pyproject.toml", "README.md"):
+        if (repo / name).is_file():
+            shutil.copyfile(repo / name, src / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for package in SOURCE_PACKAGES:
+        shutil.copytree(repo / package, src / package, ignore=ignore)
+    argv = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(dest), str(src)]
+    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     with open(log.path, "ab") as f:
-        env = {**os.environ, "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-        argv = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
-        argv += ["-w", str(dest), str(repo)]
+        f.write(f"\n$ {' '.join(argv)}\n".encode())
+        f.flush()
         done = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, env=env, check=False)  # noqa: S603
+    shutil.rmtree(src)
     if done.returncode != 0:
         raise ImageBuildError(f"pip wheel of {repo} failed (log: {log.path})")
-    # setuptools leaves build/lib and *.egg-info in the source tree.
-    for leftover in (repo / "build" / "lib", *(repo / "build").glob("bdist.*")):
-        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def write_outputs(out: Path, iso: Path, root: Path, version: str) -> BuildResult:

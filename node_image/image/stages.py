@@ -165,7 +165,8 @@ def chroot_mounts(rootfs: Path, log: Log) -> Iterator[None]:
         yield
     finally:
         for point in mounts_under(rootfs):
-            log.run(["umount", "--lazy", point])
+            if Path(point) != rootfs.resolve():  # an overlay mount of the root itself stays
+                log.run(["umount", "--lazy", point])
         (rootfs / CHROOT_CA.lstrip("/")).unlink(missing_ok=True)
         resolv.unlink(missing_ok=True)
         if saved is not None:
