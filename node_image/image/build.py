@@ -31,7 +31,7 @@ SUITE = "bookworm"
 #: zstd level of the root squashfs: every code change rebuilds it, so fast beats smallest.
 SQUASHFS_LEVEL = 6
 #: Bumped when a stage's steps change in a way its inputs do not show.
-STAGE_RECIPES = {"rootfs": "1", "root": "1", "iso": "1"}
+STAGE_RECIPES = {"rootfs": "1", "root": "2", "iso": "1"}
 SOURCE_PACKAGES = ("registration", "edge_server", "node_image")
 
 
@@ -150,6 +150,7 @@ def read_recipe(options: BuildOptions) -> Recipe:
         suite=SUITE,
         packages=tuple(_lines(build_dir / "packages.txt")),
         dpkg_options=tuple(_lines(build_dir / "dpkg-excludes.txt")),
+        initramfs_conf=build_dir / "initramfs.conf",
         pins=pinned_dependencies(options.repo / "pyproject.toml"),
         overlay=options.overlay or build_dir / "overlay",
         agent_unit=build_dir / "systemd" / stages.AGENT_UNIT,
@@ -180,6 +181,7 @@ def rootfs_cache_key(recipe: Recipe) -> str:
     key = cache_mod.Key("rootfs").text("recipe", STAGE_RECIPES["rootfs"])
     key.text("suite", recipe.suite).text("packages", "\n".join(recipe.packages))
     key.text("dpkg", "\n".join(recipe.dpkg_options)).text("pins", "\n".join(recipe.pins))
+    key.data("initramfs", recipe.initramfs_conf.read_bytes())
     return key.hexdigest()
 
 
