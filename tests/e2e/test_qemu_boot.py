@@ -23,9 +23,9 @@ from tests.server_process import Server
 
 pytestmark = [pytest.mark.slow, pytest.mark.qemu, pytest.mark.timeout(3600)]
 
-#: From QEMU's start to the device online. About 2 min alone under TCG; more when the two
-#: shared cores are busy with other tests.
-BOOT_TIMEOUT = 600
+#: From QEMU's start to the device online. About 2 min alone under TCG; many times that when
+#: the two shared cores are busy with other tests (TCG gets what CPU is left).
+BOOT_TIMEOUT = 1500
 
 
 @pytest.fixture(scope="session")
