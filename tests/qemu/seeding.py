@@ -17,7 +17,9 @@ from node_image.image import layout
 
 
 def seed_document(server_url: str, token: str, **extra: Any) -> bytes:
-    return json.dumps({"server": server_url, "token": token, **extra}).encode()
+    """The slot's bytes: the seed's JSON padded with spaces to the slot's size."""
+    raw = json.dumps({"server": server_url, "token": token, **extra}).encode()
+    return raw + layout.SEED_PAD * (layout.SEED_SLOT_SIZE - len(raw))
 
 
 def seed_iso(base: Path, out: Path, seed: bytes) -> None:
@@ -48,7 +50,7 @@ def slot_extent(iso: Path) -> tuple[int, int]:
 
 def _patch_slot(base: Path, out: Path, seed: bytes) -> None:
     offset, length = slot_extent(base)
-    if length != layout.SEED_SLOT_SIZE or len(seed) > length:
+    if length != layout.SEED_SLOT_SIZE or len(seed) != length:
         raise ValueError(f"seed slot of {length} bytes cannot take {len(seed)} bytes")
     shutil.copyfile(base, out)
     with open(out, "r+b") as f:
@@ -56,4 +58,4 @@ def _patch_slot(base: Path, out: Path, seed: bytes) -> None:
         if f.read(2) != b"{}":
             raise ValueError(f"{base}: the seed slot at {offset} is not an empty one")
         f.seek(offset)
-        f.write(seed + layout.SEED_PAD * (length - len(seed)))
+        f.write(seed)
