@@ -244,8 +244,19 @@ def write_outputs(out: Path, iso: Path, root: Path, version: str) -> BuildResult
     ):
         tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
         try:
-            shutil.copyfile(src, tmp)
+            _link_or_copy(src, tmp)
             os.replace(tmp, dest)
         finally:
             tmp.unlink(missing_ok=True)
     return BuildResult(iso=out, os_image=os_image, os_manifest=os_manifest, version=version)
+
+
+def _link_or_copy(src: Path, dest: Path) -> None:
+    """A hard link to the cached file when on the same filesystem (a cached rebuild then
+    writes nothing), else a copy. The cache's files are never written after they are made,
+    and the seeder and the flasher only read the base ISO, so sharing the inode is safe
+    (editing the output in place would change the cache entry too)."""
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copyfile(src, dest)
