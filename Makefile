@@ -26,7 +26,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy --strict registration edge_server node_image
 
 pytest: $(STAMP) deps
-	$(BIN)/pytest -p no:cacheprovider
+	./scripts/run-tests.sh
 
 test: lint typecheck pytest
 
