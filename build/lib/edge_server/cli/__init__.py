@@ -1,1 +1,0 @@
-"""``corral``: the operator's command line, ``corral <noun> <verb>``."""
