@@ -33,11 +33,12 @@ import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ContextManager
 
 from node_image import commands
+from node_image.agent import crashpoints
 from node_image.errors import AgentError
 from node_image.image import layout
 
@@ -66,6 +67,11 @@ EFI_MODULES = (
 COPY_CHUNK = 4 * MIB
 
 
+#: Where a test may cut the power (``CORRAL_AGENT_CRASH_AT``), in the order they are reached.
+CRASH_POINTS = ("install:partitioned", "install:filesystems", "install:slot", "install:grub",
+                "install:state")  # fmt: skip
+
+
 class InstallError(AgentError):
     """The disk could not be installed; the message says which step and why."""
 
@@ -80,7 +86,7 @@ class Partition:
 
 #: Given the disk and its partitions (from ``sfdisk --json``), a context in which each
 #: partition is a block device: ``{name: device}``.
-PartitionMapper = Callable[[Path, Sequence[Partition]], ContextManager[dict[str, Path]]]
+PartitionMapper = Callable[[Path, Sequence[Partition]], AbstractContextManager[dict[str, Path]]]
 
 
 @dataclass(frozen=True)
@@ -137,7 +143,9 @@ def partition_table(disk: Path) -> tuple[Partition, ...]:
     found = []
     for i, entry in enumerate(table.get("partitions", []), start=1):
         found.append(
-            Partition(str(entry.get("name", "")), i, entry["start"] * sector, entry["size"] * sector)
+            Partition(
+                str(entry.get("name", "")), i, entry["start"] * sector, entry["size"] * sector
+            )
         )
     return tuple(found)
 
@@ -200,7 +208,9 @@ def check_disk(disk: Path, root_size: int) -> int:
     mounts = Path("/proc/self/mounts").read_text().split("\n")
     for line in mounts:
         source = line.split(" ", 1)[0]
-        if source == str(disk) or (source.startswith(str(disk)) and source[len(str(disk)) :].lstrip("p").isdigit()):
+        if source == str(disk) or (
+            source.startswith(str(disk)) and source[len(str(disk)) :].lstrip("p").isdigit()
+        ):
             raise InstallError(f"install disk {disk} is in use ({source} is mounted)")
     size = disk_size(disk)
     need = (1 + EFI_MIB + state_mib_for(root_size) + PERSISTENT_MIN_MIB + 2) * MIB
@@ -217,6 +227,7 @@ def install(
     partitions: PartitionMapper = kernel_partitions,
     grub_cfg: Path | None = None,
     work: Path | None = None,
+    expected_sha256: str | None = None,
 ) -> Installed:
     """Partition ``disk``, make its filesystems, copy ``source`` into slot A, install GRUB
     (BIOS and UEFI) and copy ``state_dir`` onto the persistent partition."""
@@ -228,6 +239,7 @@ def install(
     script = sfdisk_script(state_mib_for(root_size))
     run(["sfdisk", "--quiet", "--wipe", "always", str(disk)], stdin=script.encode())
     parts = partition_table(disk)
+    crashpoints.reached("install:partitioned")
     names = [p.name for p in parts]
     expected = [layout.PART_BIOS, layout.PART_EFI, layout.PART_STATE, layout.PART_PERSISTENT]
     if names != expected:
@@ -238,7 +250,10 @@ def install(
         run(["mkfs.vfat", "-n", layout.PART_EFI, str(devices[layout.PART_EFI])])
         for name in (layout.PART_STATE, layout.PART_PERSISTENT):
             run(["mkfs.ext4", "-F", "-q", "-L", name, str(devices[name])], timeout=600)
-        top = Path(undo.enter_context(tempfile.TemporaryDirectory(prefix="corral-install-", dir=work)))
+        crashpoints.reached("install:filesystems")
+        top = Path(
+            undo.enter_context(tempfile.TemporaryDirectory(prefix="corral-install-", dir=work))
+        )
         mounts = {}
         for name in (layout.PART_STATE, layout.PART_PERSISTENT):
             mount = top / name
@@ -247,13 +262,18 @@ def install(
             undo.callback(_umount, mount)
             mounts[name] = mount
         sha, size = copy_slot(source, mounts[layout.PART_STATE] / "slots" / "A")
+        if expected_sha256 is not None and sha != expected_sha256:
+            raise InstallError(f"{source} has sha256 {sha}, its manifest says {expected_sha256}")
+        crashpoints.reached("install:slot")
         make_grubenv(mounts[layout.PART_STATE] / "grubenv")
         install_grub(disk, devices[layout.PART_EFI], mounts[layout.PART_STATE], cfg, top)
+        crashpoints.reached("install:grub")
         persistent = mounts[layout.PART_PERSISTENT]
         for sub in PERSISTENT_DIRS:
             (persistent / sub).mkdir(parents=True, exist_ok=True)
         if state_dir is not None:
             copy_state(state_dir, persistent / PERSISTENT_AGENT)
+        crashpoints.reached("install:state")
         os.sync()
     log.warning("installed to %s (slot A sha256 %s)", disk, sha)
     return Installed(disk, sha, size, parts)
@@ -302,8 +322,7 @@ def install_grub(disk: Path, efi_device: Path, state: Path, cfg: Path, work: Pat
          f"--modules={GRUB_MODULES}", str(disk)])  # fmt: skip
     early = work / "grub-early.cfg"
     early.write_text(
-        f"search --no-floppy --label {layout.PART_STATE} --set=root\n"
-        "set prefix=($root)/grub\n"
+        f"search --no-floppy --label {layout.PART_STATE} --set=root\nset prefix=($root)/grub\n"
     )
     efi_image = work / "BOOTX64.EFI"
     run(["grub-mkimage", "--format=x86_64-efi", f"--output={efi_image}",
