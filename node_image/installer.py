@@ -8,8 +8,8 @@ The disk gets the layout of :mod:`node_image.image.layout` (GPT)::
     corral-persistent  ext4     corral-agent/ (the agent's state), rancher/
 
 Slot A is a byte copy of the live root squashfs (``/run/live/medium/live/filesystem.squashfs``),
-verified by sha256. ``grub.cfg`` (``build/grub/installed.cfg``, shipped in the image as
-:data:`GRUB_CFG`) finds the state partition by label and boots a slot as
+verified by sha256. ``grub.cfg`` (:data:`GRUB_CFG`, from ``build/overlay``) is written to
+``corral-state``/grub/grub.cfg; it finds that partition by label and boots a slot as
 :func:`node_image.boot.choose_slot` decides; the initramfs script ``boot=corral`` then mounts it.
 
 Every run starts from a wiped partition table and writes only to the target disk, so a run
@@ -50,10 +50,10 @@ EFI_MIB = 64
 #: Room on the state partition beyond two slots (grubenv, ext4's own metadata).
 STATE_MARGIN_MIB = 64
 PERSISTENT_MIN_MIB = 256
-#: Where the image keeps the installed disk's GRUB menu (the build copies build/grub there).
+#: Where the image keeps the installed disk's GRUB menu (from build/overlay).
 GRUB_CFG = Path("/usr/share/corral/grub/installed.cfg")
 #: The same file in this repository (tests, and running from a checkout).
-REPO_GRUB_CFG = Path(__file__).resolve().parents[1] / "build" / "grub" / "installed.cfg"
+REPO_GRUB_CFG = Path(__file__).resolve().parents[1] / "build" / "overlay" / str(GRUB_CFG)[1:]
 #: On the persistent partition: the agent's state directory, and K3s's two directories.
 PERSISTENT_AGENT = "corral-agent"
 PERSISTENT_DIRS = (PERSISTENT_AGENT, "rancher/lib", "rancher/etc")
