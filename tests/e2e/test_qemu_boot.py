@@ -1,0 +1,103 @@
+"""The node image on a real (virtual) machine: a base ISO built by ``corral image build-base``,
+seeded for a token of a real server on 127.0.0.1, booted in QEMU (TCG), registers and shows
+online with the machine's own facts, under SeaBIOS from a CD and under OVMF (UEFI) from a
+USB-style raw disk.
+
+The base ISO comes from the build cache (``~/.cache/corral``; a cold build takes minutes).
+A failed boot keeps its serial console log under ``qemu-logs/`` in pytest's temp root.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from node_image.image import layout
+from tests.qemu.fleet import build_base_iso, guest_server, guest_url, wait_online
+from tests.qemu.machine import QEMU_PRODUCT_NAME, Firmware, Machine, Medium
+from tests.qemu.seeding import seed_document, seed_iso, slot_extent
+from tests.server_process import Server
+
+pytestmark = [pytest.mark.slow, pytest.mark.qemu, pytest.mark.timeout(3600)]
+
+#: From QEMU's start to the device online. About 2 min alone under TCG; more when the two
+#: shared cores are busy with other tests.
+BOOT_TIMEOUT = 600
+
+
+@pytest.fixture(scope="session")
+def base_iso(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    iso, _ = build_base_iso(tmp_path_factory.mktemp("image") / "base.iso")
+    return iso
+
+
+@pytest.fixture(scope="session")
+def qemu_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.getbasetemp() / "qemu-logs"
+
+
+@pytest.fixture
+def vm_server(tmp_path: Path) -> Iterator[Server]:
+    server = guest_server(tmp_path)
+    try:
+        yield server
+    finally:
+        server.stop_all()
+    problems = server.problems()
+    assert not problems, problems
+
+
+def test_base_iso_carries_an_empty_seed_slot_and_the_os_manifest(base_iso: Path) -> None:
+    import pycdlib
+
+    offset, length = slot_extent(base_iso)
+    assert length == layout.SEED_SLOT_SIZE
+    with open(base_iso, "rb") as f:
+        f.seek(offset)
+        assert json.loads(f.read(length)) == {}
+    manifest = json.loads(base_iso.with_name("base.os.json").read_text())
+    squashfs = base_iso.with_name("base.os.squashfs")
+    assert manifest["size"] == squashfs.stat().st_size
+    pc = pycdlib.PyCdlib()
+    pc.open(str(base_iso))
+    try:
+        inside = pc.get_record(rr_path=layout.OS_MANIFEST_PATH)
+        assert inside.get_data_length() > 0
+        for path in (layout.LIVE_KERNEL, layout.LIVE_INITRD, layout.LIVE_ROOT):
+            pc.get_record(rr_path=path)
+    finally:
+        pc.close()
+
+
+@pytest.mark.parametrize(
+    ("firmware", "medium"),
+    [("bios", "cdrom"), ("uefi", "disk")],
+    ids=["seabios-cd", "ovmf-usb-disk"],
+)
+def test_seeded_iso_boots_registers_and_shows_online_with_the_machines_facts(
+    base_iso: Path,
+    vm_server: Server,
+    tmp_path: Path,
+    qemu_logs: Path,
+    firmware: Firmware,
+    medium: Medium,
+) -> None:
+    token = vm_server.create_token(labels={"site": "qemu"}, max_uses=1)
+    seeded = tmp_path / "seeded.iso"
+    seed_iso(base_iso, seeded, seed_document(guest_url(vm_server), token["token"]))
+    assert seeded.stat().st_size == base_iso.stat().st_size
+
+    machine = Machine(
+        seeded, tmp_path / "vm", firmware=firmware, medium=medium, name=firmware, logs_dir=qemu_logs
+    )
+    with machine:
+        device = wait_online(vm_server, BOOT_TIMEOUT, detail=lambda: machine.console()[-600:])
+
+    assert device["online"] is True
+    assert device["labels"].get("site") == "qemu"
+    assert device["facts"]["dmi"]["product_name"] == QEMU_PRODUCT_NAME
+    tokens = vm_server.checked("GET", f"/api/v1/tokens/{token['id']}")
+    assert tokens["uses"] == 1
