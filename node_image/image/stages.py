@@ -196,6 +196,7 @@ def build_root_image(
         _copy_overlay(recipe.overlay, merged)
         _install_unit(recipe.agent_unit, merged, log)
         _write_identity(merged, inputs)
+        _update_initramfs(merged, log)
         _copy_boot_files(merged, out)
         _mksquashfs(merged, out / "filesystem.squashfs", recipe.squashfs_level, log)
     write_manifest(out / "filesystem.squashfs", inputs.version, out / "manifest.json")
@@ -265,6 +266,13 @@ def _write_identity(root: Path, inputs: RootInputs) -> None:
     if not check.is_file():
         raise ImageBuildError(f"the overlay has no {HEALTH_CHECK_FILE}")
     check.chmod(0o755)
+
+
+def _update_initramfs(root: Path, log: Log) -> None:
+    """Rebuild the initramfs with the overlay's initramfs-tools files (the ``boot=corral``
+    script an installed disk boots with, see node_image/installer.py)."""
+    with chroot_mounts(root, log):
+        log.run(_in_chroot(root, ["update-initramfs", "-u", "-k", "all"]))
 
 
 def _copy_boot_files(root: Path, out: Path) -> None:
