@@ -5,7 +5,8 @@ The disk gets the layout of :mod:`node_image.image.layout` (GPT)::
     bios-boot          1 MiB    GRUB's core image (BIOS boots)
     EFI                vfat     EFI/BOOT/BOOTX64.EFI, /boot/grub (modules and grub.cfg)
     corral-state       ext4     grubenv (corral_slot=A) and slots/A, slots/B
-    corral-persistent  ext4     corral-agent/ (the agent's state), rancher/
+    corral-persistent  ext4     corral-agent/ (the agent's state), rancher/ (label
+                                corral-persist: ext4 labels are at most 16 bytes)
 
 Slot A is a byte copy of the live root squashfs (``/run/live/medium/live/filesystem.squashfs``),
 verified by sha256. ``grub.cfg`` (:data:`GRUB_CFG`, from ``build/overlay``) is written to
@@ -247,9 +248,10 @@ def install(
     with contextlib.ExitStack() as undo:
         devices = undo.enter_context(partitions(disk, parts))
         log.warning("installing to %s: filesystems", disk)
-        run(["mkfs.vfat", "-n", layout.PART_EFI, str(devices[layout.PART_EFI])])
+        run(["mkfs.vfat", "-n", layout.FS_LABELS[layout.PART_EFI], str(devices[layout.PART_EFI])])
         for name in (layout.PART_STATE, layout.PART_PERSISTENT):
-            run(["mkfs.ext4", "-F", "-q", "-L", name, str(devices[name])], timeout=600)
+            label = layout.FS_LABELS[name]
+            run(["mkfs.ext4", "-F", "-q", "-L", label, str(devices[name])], timeout=600)
         crashpoints.reached("install:filesystems")
         top = Path(
             undo.enter_context(tempfile.TemporaryDirectory(prefix="corral-install-", dir=work))
