@@ -24,6 +24,7 @@ from edge_server.keys import (
     SESSIONS,
     SETTINGS,
     STORE,
+    TOKEN_SEALER,
     UPDATE_SIGNER,
 )
 from edge_server.mirror import Served, remove_stale_uploads
@@ -32,6 +33,7 @@ from edge_server.notifier import Notifier
 from edge_server.ops import status as status_ops
 from edge_server.pki import MQTT_IDENTITY, Pki
 from edge_server.ratelimit import FailureLimiter
+from edge_server.sealing import ensure as ensure_sealing_key
 from edge_server.server_certs import SERVER_CERTS, ServerCertificates
 from edge_server.sessions import MosquittoSessions, NoSessionControl, SessionControl
 from edge_server.settings import Settings
@@ -173,6 +175,7 @@ def create_app(settings: Settings) -> web.Application:
     app[CA] = ca
     app[CA_PEM] = ca.pem
     app[UPDATE_SIGNER] = ensure_signing_key(pki.update_signing_key_path)
+    app[TOKEN_SEALER] = ensure_sealing_key(pki.token_seal_key_path)
     app[ARTIFACTS_SERVED] = Served()
     settings.artifacts_dir.mkdir(mode=0o700, exist_ok=True)
     remove_stale_uploads(settings.artifacts_dir)

@@ -9,7 +9,7 @@ import json
 import secrets
 from dataclasses import dataclass
 
-from edge_server import passwords, signing
+from edge_server import passwords, sealing, signing
 from edge_server.pki import Pki, write_private, write_public
 from edge_server.settings import Settings
 from edge_server.store import connect
@@ -32,6 +32,7 @@ def prepare(settings: Settings) -> AdminCredentials | None:
     pki = Pki(settings.pki_dir)
     pki.ensure(settings.server_names(), settings.server_cert_renew_before)
     signing.ensure(pki.update_signing_key_path)
+    sealing.ensure(pki.token_seal_key_path)
     settings.artifacts_dir.mkdir(mode=0o700, exist_ok=True)
     write_public(
         settings.client_config_path,

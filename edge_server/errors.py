@@ -43,6 +43,11 @@ class Conflict(ServerError):
     code = "conflict"
 
 
+class Gone(ServerError):
+    status = 410
+    code = "gone"
+
+
 class PayloadTooLarge(ServerError):
     status = 413
     code = "payload_too_large"

@@ -9,6 +9,7 @@ from aiohttp import web
 from edge_server.channel import Channel
 from edge_server.mirror import Served
 from edge_server.ratelimit import FailureLimiter
+from edge_server.sealing import TokenSealer
 from edge_server.sessions import SessionControl
 from edge_server.settings import Settings
 from edge_server.signing import UpdateSigner
@@ -28,3 +29,4 @@ SESSIONS = web.AppKey("sessions", SessionControl)
 NOTIFIER: web.AppKey[Notifier] = web.AppKey("notifier")
 UPDATE_SIGNER = web.AppKey("update_signer", UpdateSigner)
 ARTIFACTS_SERVED = web.AppKey("artifacts_served", Served)
+TOKEN_SEALER = web.AppKey("token_sealer", TokenSealer)

@@ -48,6 +48,8 @@ class Pki:
         self.mqtt_client_key_path = directory / "mqtt-client-key.pem"
         #: ed25519, separate from the CA: signs artifacts (``edge_server.signing``).
         self.update_signing_key_path = directory / "update-signing.key"
+        #: AES-256-GCM: seals registration tokens' secrets (``edge_server.sealing``).
+        self.token_seal_key_path = directory / "token-seal.key"
 
     def ensure(
         self, names: list[str], renew_before: dt.timedelta = RENEW_BEFORE

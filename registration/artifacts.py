@@ -20,7 +20,10 @@ from pydantic import Field, field_validator
 
 from registration.document import Count, Document
 
-ArtifactKind = Literal["k3s-install", "k3s-binary", "k3s-images", "os-image", "file"]
+#: ``base-iso`` is the node image's base ISO, from which the server streams seeded copies.
+ArtifactKind = Literal["k3s-install", "k3s-binary", "k3s-images", "os-image", "file", "base-iso"]
+#: The kind ``corral image import-base`` imports as.
+BASE_ISO_KIND: ArtifactKind = "base-iso"
 ARTIFACT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 SIGNATURE_DOMAIN = "corral-artifact-v1"

@@ -14,6 +14,7 @@ from edge_server.api import (
     k3s,
     openapi,
     register,
+    seed_images,
     tokens,
 )
 
@@ -23,6 +24,7 @@ def routes() -> list[web.RouteDef]:
         *health.routes,
         *register.routes,
         *tokens.routes,
+        *seed_images.routes,
         *devices.routes,
         *certificates.routes,
         *k3s.routes,

@@ -135,7 +135,7 @@ async def delete_artifact(request: web.Request) -> web.Response:
     return json_response(done)
 
 
-def _byte_range(request: web.Request, size: int, etag: str) -> tuple[int, int] | None:
+def byte_range(request: web.Request, size: int, etag: str) -> tuple[int, int] | None:
     """``(start, stop)`` asked for by ``Range`` (one range; ``If-Range`` honoured), or None
     for the whole file. Raises 416 for a range outside the file."""
     if "Range" not in request.headers:
@@ -174,7 +174,7 @@ async def artifact_content(request: web.Request) -> web.StreamResponse:
     path = mirror.path_of(app[SETTINGS].artifacts_dir, row.sha256)
     etag = f'"{row.sha256}"'
     served = app[ARTIFACTS_SERVED]
-    span = _byte_range(request, row.size, etag)
+    span = byte_range(request, row.size, etag)
     start, stop = span if span is not None else (0, row.size)
     try:
         f = await asyncio.to_thread(_open_at, path, start)

@@ -128,6 +128,20 @@ RANGE_HEADERS: tuple[dict[str, Any], ...] = (
     },
 )
 OCTETS = "application/octet-stream"
+STR: dict[str, Any] = {"type": "string"}
+SEED_QUERY: tuple[dict[str, Any], ...] = tuple(
+    {"name": name, "in": "query", "required": False, "description": text, "schema": schema}
+    for name, text, schema in (
+        ("server", "the URL devices register with (default: this server's public URL)", STR),
+        ("label", "KEY=VALUE, a label the device registers with (repeatable)", STR),
+        ("hostname_template", "e.g. edge-${dmi.product_uuid:8}", STR),
+        ("install_disk", "install to this disk at first boot, e.g. /dev/sda", STR),
+        ("ip", "a static address ADDR/PREFIX (default: DHCP)", STR),
+        ("gateway", "the static default gateway (with ip)", STR),
+        ("dns", "a DNS server (with ip; repeatable, at most 3)", STR),
+        ("interface", "which interface (with ip; a name or glob)", STR),
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -202,6 +216,30 @@ OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation(
         "delete", "/api/v1/tokens/{token_id}", "Revoke a registration token", OPERATOR, r.TokenRow
+    ),
+    Operation(
+        "get",
+        "/api/v1/tokens/{token_id}/seed.iso",
+        "Download the newest base ISO with this token's seed in its seed slot (streamed, never"
+        " stored); Range resumes (206). 409 no_base_image before 'corral image import-base',"
+        " 409 token_not_sealed for a token older than sealed secrets, 410 for a revoked,"
+        " expired or used-up token",
+        OPERATOR,
+        None,
+        ok=(200, 206),
+        errors=(400, 409, 410, 416),
+        parameters=SEED_QUERY + RANGE_HEADERS,
+        extra={
+            "content": {OCTETS: {"schema": {"type": "string", "contentMediaType": OCTETS}}},
+            "headers": {
+                "ETag": {"description": "changes with the base ISO and the seed", "schema": STR},
+                "Accept-Ranges": {"description": "bytes", "schema": STR},
+                "Content-Disposition": {
+                    "description": 'attachment; filename="corral-seed-<token id>.iso"',
+                    "schema": STR,
+                },
+            },
+        },
     ),
     Operation(
         "get",
@@ -386,6 +424,7 @@ ERROR_TEXT = {
     403: "Not allowed",
     404: "Not found",
     409: "Conflict",
+    410: "Gone",
     413: "Body too large",
     415: "Wrong content type",
     416: "Range not satisfiable (Content-Range: bytes */size)",

@@ -6,7 +6,7 @@ from aiohttp import web
 
 from edge_server.api.http import json_response, read_model
 from edge_server.auth import current_actor, operator
-from edge_server.keys import CA, NOTIFIER, STORE
+from edge_server.keys import CA, NOTIFIER, STORE, TOKEN_SEALER
 from edge_server.ops import tokens as token_ops
 from registration.protocol import TokenCreate
 
@@ -19,7 +19,9 @@ async def create_token(request: web.Request) -> web.Response:
     body = await read_model(request, TokenCreate)
     app = request.app
     row = await app[NOTIFIER].run(
-        token_ops.create(app[STORE], current_actor(request), body, app[CA].fingerprint)
+        token_ops.create(
+            app[STORE], current_actor(request), body, app[CA].fingerprint, app[TOKEN_SEALER]
+        )
     )
     return json_response(row, status=201)
 

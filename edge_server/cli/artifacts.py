@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from edge_server.cli import k3s_release, output
 from edge_server.cli.client import OperatorClient
@@ -13,7 +13,7 @@ from edge_server.cli.output import Column
 from edge_server.cli.progress import Progress, ProgressReader
 from registration.artifacts import ArtifactKind
 
-KINDS: tuple[ArtifactKind, ...] = ("k3s-install", "k3s-binary", "k3s-images", "os-image", "file")
+KINDS: tuple[ArtifactKind, ...] = get_args(ArtifactKind)
 
 COLUMNS: list[Column] = [
     ("id", lambda a: a["id"]),

@@ -28,7 +28,7 @@ from edge_server.cli.serve import (
     settings_from_args,
 )
 from edge_server.errors import Conflict
-from edge_server.keys import CA, NOTIFIER, STORE
+from edge_server.keys import CA, NOTIFIER, STORE, TOKEN_SEALER
 from edge_server.ops import Actor
 from edge_server.ops import groups as group_ops
 from edge_server.ops import tokens as token_ops
@@ -94,7 +94,9 @@ async def _prepare_fleet(app: web.Application, count: int) -> str:
     with contextlib.suppress(Conflict):
         await notifier.run(group_ops.create(store, DEMO_ACTOR, DEMO_GROUP))
     token = await notifier.run(
-        token_ops.create(store, DEMO_ACTOR, demo_token(count), app[CA].fingerprint)
+        token_ops.create(
+            store, DEMO_ACTOR, demo_token(count), app[CA].fingerprint, app[TOKEN_SEALER]
+        )
     )
     return token.token
 

@@ -10,6 +10,7 @@ when its last row does.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from pathlib import Path
 from typing import Any, Literal
@@ -19,15 +20,17 @@ from sqlite_utils import Database
 
 from edge_server import mirror, specs
 from edge_server.artifact_refs import ref_of
-from edge_server.errors import Conflict, NotFound
+from edge_server.errors import BadRequest, Conflict, NotFound
 from edge_server.ops.changes import Actor, Changes, Done, Event
 from edge_server.ops.rows import Row
 from edge_server.signing import UpdateSigner
 from edge_server.store import Store
 from edge_server.store import artifacts as artifacts_store
 from edge_server.store.rows import audit
+from node_image.image import seedslot
 from registration.artifacts import (
     ARTIFACT_NAME_PATTERN,
+    BASE_ISO_KIND,
     SHA256_PATTERN,
     ArtifactKind,
     ArtifactRef,
@@ -105,7 +108,9 @@ async def import_(
     meta: ArtifactImport,
     received: mirror.Received,
 ) -> Done[ArtifactImported]:
-    """Sign the received file, name it by its sha256, record it, recompute the specs."""
+    """Sign the received file, name it by its sha256, record it, recompute the specs.
+    A base ISO must have a seed slot; its offset is recorded (``ops.seed_images``)."""
+    slot_offset = await _seed_slot(meta, received)
     signature = signer.sign(
         signing_message(
             meta.kind, meta.name, meta.version, meta.arch, received.sha256, received.size
@@ -125,7 +130,12 @@ async def import_(
             "size": received.size,
         }
         artifacts_store.create(
-            db, artifact_id=artifact_id, signature=signature, created_by=actor.name, **what
+            db,
+            artifact_id=artifact_id,
+            signature=signature,
+            created_by=actor.name,
+            seed_slot_offset=slot_offset,
+            **what,
         )
         mirror.place(directory, received)
         audit(db, actor.name, "artifact.import", artifact_id, **what)
@@ -140,6 +150,23 @@ async def import_(
         raise
     value = ArtifactImported.model_validate({**row, "devices_changed": len(nudges)})
     return Done(value, Changes.of(Event("artifact.import", artifact_id, actor.name), nudges=nudges))
+
+
+async def _seed_slot(meta: ArtifactImport, received: mirror.Received) -> int | None:
+    """The seed slot's offset in a base ISO (None for other kinds); a base ISO without one
+    is refused and its upload removed."""
+    if meta.kind != BASE_ISO_KIND:
+        return None
+    try:
+        offset, _ = await asyncio.to_thread(seedslot.find_slot, received.tmp)
+    except seedslot.SeedSlotError as e:
+        await asyncio.to_thread(received.tmp.unlink, missing_ok=True)
+        raise BadRequest(
+            f"{meta.name} is not a base ISO with a seed slot ({e}); nothing was stored. "
+            "Build one with 'corral image build-base'",
+            code="no_seed_slot",
+        ) from e
+    return offset
 
 
 def _forget(db: Database, directory: Path, received: mirror.Received) -> None:

@@ -10,6 +10,7 @@ from sqlite_utils import Database
 from edge_server.errors import NotFound
 from edge_server.ops.changes import Actor, Changes, Done, Event
 from edge_server.ops.rows import Row
+from edge_server.sealing import TokenSealer
 from edge_server.store import Store
 from edge_server.store import tokens as tokens_store
 from edge_server.store.rows import audit
@@ -42,19 +43,27 @@ class TokenList(Row):
 
 
 async def create(
-    store: Store, actor: Actor, body: TokenCreate, ca_fingerprint: str
+    store: Store,
+    actor: Actor,
+    body: TokenCreate,
+    ca_fingerprint: str,
+    sealer: TokenSealer | None = None,
 ) -> Done[TokenCreated]:
+    """A new token. With ``sealer`` its secret is also kept sealed, so the server can serve
+    seed ISOs for it later (``ops.seed_images``)."""
     templating.validate(body.name_template)
     for template in body.labels.values():
         templating.validate(template)
     token = tokens.generate(ca_fingerprint)
     expires_at = time.time() + body.ttl_seconds if body.ttl_seconds is not None else None
+    sealed = sealer.seal(token.token_id, token.secret) if sealer is not None else None
 
     def write(db: Database) -> TokenCreated:
         tokens_store.create(
             db,
             token_id=token.token_id,
             secret_hash=tokens.hash_secret(token.secret),
+            secret_sealed=sealed,
             group=body.group,
             labels=body.labels,
             name_template=body.name_template,

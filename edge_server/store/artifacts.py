@@ -32,9 +32,11 @@ def create(
     size: int,
     signature: str,
     created_by: str,
+    seed_slot_offset: int | None = None,
 ) -> None:
     db.execute(
-        f"INSERT INTO artifacts ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+        f"INSERT INTO artifacts ({COLUMNS}, seed_slot_offset) "  # noqa: S608
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             artifact_id,
             kind,
@@ -46,6 +48,7 @@ def create(
             signature,
             time.time(),
             created_by,
+            seed_slot_offset,
         ),
     )
 
@@ -92,6 +95,19 @@ def for_versions(db: Database, kinds: Iterable[str]) -> list[dict[str, Any]]:
             kinds,
         )
     ]
+
+
+def newest_with_seed_slot(db: Database, kind: str) -> dict[str, Any] | None:
+    """The newest import of ``kind`` with its ``seed_slot_offset`` (base ISOs)."""
+    rows = list(
+        db.query(
+            f"SELECT {COLUMNS}, seed_slot_offset FROM artifacts "  # noqa: S608
+            "WHERE kind = ? AND seed_slot_offset IS NOT NULL "
+            "ORDER BY created_at DESC, rowid DESC LIMIT 1",
+            (kind,),
+        )
+    )
+    return _row(rows[0]) if rows else None
 
 
 def delete(db: Database, artifact_id: str) -> bool:

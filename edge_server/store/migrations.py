@@ -222,6 +222,19 @@ def _k3s_clusters(db: Database) -> None:
     )
 
 
+@migrations(name="0007_seed_images")
+def _seed_images(db: Database) -> None:
+    """Seed ISOs served per token (``GET /api/v1/tokens/{id}/seed.iso``): a token's secret
+    sealed with the server's token-sealing key (``edge_server.sealing``; NULL for tokens made
+    before), and a base ISO's seed-slot byte offset (NULL for other artifacts)."""
+    db.executescript(
+        """
+        ALTER TABLE reg_tokens ADD COLUMN secret_sealed TEXT;
+        ALTER TABLE artifacts ADD COLUMN seed_slot_offset INTEGER;
+        """
+    )
+
+
 # Before sqlite-utils' Migrations, applied versions were recorded in ``schema_migrations``.
 _LEGACY_NAMES = {1: "0001_initial", 2: "0002_desired_state"}
 

@@ -1,4 +1,5 @@
-"""Registration tokens. Only the hash of a token's secret is stored."""
+"""Registration tokens. The secret is checked against its hash; it is kept otherwise only
+sealed (``edge_server.sealing``), for seed downloads."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ def create(
     *,
     token_id: str,
     secret_hash: str,
+    secret_sealed: str | None = None,
     group: str,
     labels: dict[str, str],
     name_template: str,
@@ -29,11 +31,13 @@ def create(
     created_by: str,
 ) -> None:
     db.execute(
-        "INSERT INTO reg_tokens (id, secret_hash, group_name, labels, name_template, description,"
-        " max_uses, expires_at, created_at, created_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO reg_tokens (id, secret_hash, secret_sealed, group_name, labels, name_template,"
+        " description, max_uses, expires_at, created_at, created_by)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             token_id,
             secret_hash,
+            secret_sealed,
             group,
             dumps(labels),
             name_template,

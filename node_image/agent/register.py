@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography import x509
 from pydantic import ValidationError
 
 from node_image.agent import __version__
@@ -44,22 +45,30 @@ def load_or_create_key(state: StateDir) -> identity.PrivateKey:
     return key
 
 
-def fetch_pinned_ca(seed: Seed, state: StateDir) -> Path:
-    """Fetch the server's CA over unverified TLS, then trust it only if its sha256 matches the
-    fingerprint in the token (K3s does the same with its ``K10`` tokens)."""
-    https = Https(seed.server, unverified_tls(), TIMEOUT)
+def fetch_verified_ca(
+    server: str, ca_fingerprint: str, timeout: float = TIMEOUT
+) -> x509.Certificate:
+    """Fetch the server's CA over unverified TLS, then trust it only if its sha256 matches
+    ``ca_fingerprint`` (K3s does the same with its ``K10`` tokens). The seeder checks a
+    server URL against a token the same way."""
+    https = Https(server, unverified_tls(), timeout)
     try:
         reply = https.request("GET", "/api/v1/ca")
     except ApiError as e:
-        raise AgentError(f"cannot fetch the CA: {e}") from e
+        raise AgentError(f"cannot fetch the CA from {server}: {e}") from e
     finally:
         https.close()
     if reply.status != 200:
-        raise AgentError(f"cannot fetch the CA from {seed.server}: HTTP {reply.status}")
+        raise AgentError(f"cannot fetch the CA from {server}: HTTP {reply.status}")
     try:
-        ca = identity.verify_ca_fingerprint(reply.body, seed.token.ca_fingerprint)
+        return identity.verify_ca_fingerprint(reply.body, ca_fingerprint)
     except RegistrationError as e:
         raise AgentError(str(e)) from e
+
+
+def fetch_pinned_ca(seed: Seed, state: StateDir) -> Path:
+    """Fetch and pin the server's CA (:func:`fetch_verified_ca`), kept in the state dir."""
+    ca = fetch_verified_ca(seed.server, seed.token.ca_fingerprint)
     state.write(state.ca, identity.cert_to_pem(ca))
     return state.ca
 

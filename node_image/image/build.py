@@ -31,7 +31,7 @@ SUITE = "bookworm"
 #: zstd level of the root squashfs: every code change rebuilds it, so fast beats smallest.
 SQUASHFS_LEVEL = 6
 #: Bumped when a stage's steps change in a way its inputs do not show.
-STAGE_RECIPES = {"rootfs": "1", "root": "1", "iso": "1"}
+STAGE_RECIPES = {"rootfs": "1", "root": "2", "iso": "1"}
 SOURCE_PACKAGES = ("registration", "edge_server", "node_image")
 
 
@@ -150,6 +150,7 @@ def read_recipe(options: BuildOptions) -> Recipe:
         suite=SUITE,
         packages=tuple(_lines(build_dir / "packages.txt")),
         dpkg_options=tuple(_lines(build_dir / "dpkg-excludes.txt")),
+        initramfs_conf=build_dir / "initramfs.conf",
         pins=pinned_dependencies(options.repo / "pyproject.toml"),
         overlay=options.overlay or build_dir / "overlay",
         agent_unit=build_dir / "systemd" / stages.AGENT_UNIT,
@@ -180,6 +181,7 @@ def rootfs_cache_key(recipe: Recipe) -> str:
     key = cache_mod.Key("rootfs").text("recipe", STAGE_RECIPES["rootfs"])
     key.text("suite", recipe.suite).text("packages", "\n".join(recipe.packages))
     key.text("dpkg", "\n".join(recipe.dpkg_options)).text("pins", "\n".join(recipe.pins))
+    key.data("initramfs", recipe.initramfs_conf.read_bytes())
     return key.hexdigest()
 
 
@@ -206,18 +208,28 @@ def default_version(repo: Path, source_key: str) -> str:
 
 
 def build_wheel(repo: Path, dest: Path, log: Log) -> None:
-    """This repo's own wheel, without dependencies (they are in stage 1's venv)."""
-    dest.mkdir(parents=True, exist_ok=True)
+    """This repo's own wheel, without dependencies (they are in stage 1's venv).
+
+    Built from a copy of the packages, so setuptools' ``build/`` and ``*.egg-info`` never
+    land in the source tree (whose ``build/`` is the image recipe).
+    """
+    src = dest / "src"
+    src.mkdir(parents=True)
+    for name in ("pyproject.toml", "README.md"):
+        if (repo / name).is_file():
+            shutil.copyfile(repo / name, src / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for package in SOURCE_PACKAGES:
+        shutil.copytree(repo / package, src / package, ignore=ignore)
+    argv = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(dest), str(src)]
+    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     with open(log.path, "ab") as f:
-        env = {**os.environ, "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-        argv = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
-        argv += ["-w", str(dest), str(repo)]
+        f.write(f"\n$ {' '.join(argv)}\n".encode())
+        f.flush()
         done = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, env=env, check=False)  # noqa: S603
+    shutil.rmtree(src)
     if done.returncode != 0:
         raise ImageBuildError(f"pip wheel of {repo} failed (log: {log.path})")
-    # setuptools leaves build/lib and *.egg-info in the source tree.
-    for leftover in (repo / "build" / "lib", *(repo / "build").glob("bdist.*")):
-        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def write_outputs(out: Path, iso: Path, root: Path, version: str) -> BuildResult:

@@ -19,7 +19,7 @@ from pathlib import Path
 #: The environment variable that overrides the cache directory.
 CACHE_ENV = "CORRAL_CACHE_DIR"
 #: Older entries of a stage beyond this many are removed after a build (each is 100s of MB).
-KEEP_PER_STAGE = 2
+KEEP_PER_STAGE = 3
 
 
 def default_cache_dir() -> Path:

@@ -56,6 +56,7 @@ class Recipe:
     suite: str
     packages: tuple[str, ...]
     dpkg_options: tuple[str, ...]
+    initramfs_conf: Path
     pins: tuple[str, ...]
     overlay: Path
     agent_unit: Path
@@ -120,6 +121,9 @@ def _mmdebstrap(recipe: Recipe, rootfs: Path, log: Log) -> None:
         "--mode=root",
         f"--include={','.join(recipe.packages)}",
         *(f"--dpkgopt={opt}" for opt in recipe.dpkg_options),
+        # In place before the kernel's packages build the first initramfs.
+        f'--essential-hook=mkdir -p "$1/etc/initramfs-tools/conf.d" && cp '
+        f'{shlex.quote(str(recipe.initramfs_conf))} "$1/etc/initramfs-tools/conf.d/corral.conf"',
         recipe.suite,
         str(rootfs),
     ]
@@ -165,7 +169,8 @@ def chroot_mounts(rootfs: Path, log: Log) -> Iterator[None]:
         yield
     finally:
         for point in mounts_under(rootfs):
-            log.run(["umount", "--lazy", point])
+            if Path(point) != rootfs.resolve():  # an overlay mount of the root itself stays
+                log.run(["umount", "--lazy", point])
         (rootfs / CHROOT_CA.lstrip("/")).unlink(missing_ok=True)
         resolv.unlink(missing_ok=True)
         if saved is not None:
@@ -227,11 +232,40 @@ def _install_agent(root: Path, wheel_dir: Path, log: Log) -> None:
             log.run(_in_chroot(root, argv))
     finally:
         (root / inside.relative_to("/")).unlink(missing_ok=True)
+    _drop_installers(root)
     for name in ("corral-agent", "corral"):
         link = root / "usr/bin" / name
         if link.is_symlink() or link.exists():
             link.unlink()
         link.symlink_to(f"{VENV}/bin/{name}")
+
+
+#: What only installing packages needs; the device never does (about 25 MB).
+INSTALLER_PATHS = (
+    f"{VENV}/bin/pip",
+    f"{VENV}/bin/pip3",
+    f"{VENV}/bin/pip3.11",
+    "/usr/share/python-wheels",
+)
+INSTALLER_PACKAGES = (
+    "pip",
+    "setuptools",
+    "pkg_resources",
+    "_distutils_hack",
+    "distutils-precedence.pth",
+)
+
+
+def _drop_installers(root: Path) -> None:
+    site = next((root / VENV.lstrip("/") / "lib").glob("python3*/site-packages"))
+    paths = [root / p.lstrip("/") for p in INSTALLER_PATHS]
+    for name in INSTALLER_PACKAGES:
+        paths += [site / name, *site.glob(f"{name}-*.dist-info")]
+    for path in paths:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.is_symlink() or path.exists():
+            path.unlink()
 
 
 def _copy_overlay(overlay: Path, root: Path) -> None:

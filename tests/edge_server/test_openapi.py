@@ -12,6 +12,7 @@ from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate as validate_spec
 
 from registration import identity
+from tests.node_image.seed_iso import make_iso
 from tests.support import Machine, Server
 
 
@@ -243,9 +244,22 @@ def test_live_answers_match_the_document(srv: Server, tmp_path: Path) -> None:
     assert past.status_code == 416
     c.call("DELETE", art, f"/api/v1/artifacts/{art_id}")
 
+    seed = "/api/v1/tokens/{token_id}/seed.iso"
+    seed_path = f"/api/v1/tokens/{tid}/seed.iso"
+    assert c.call("GET", seed, seed_path).json()["error"] == "no_base_image"  # 409
+    iso = make_iso(tmp_path).read_bytes()
+    query = {"kind": "base-iso", "name": "base.iso", "version": "1"}
+    assert c.call("POST", "/api/v1/artifacts", params=query, data=iso).status_code == 201
+    whole = c.call("GET", seed, seed_path, params={"label": "rack=r1", "install_disk": "/dev/sda"})
+    assert whole.status_code == 200 and len(whole.content) == len(iso)
+    part = c.call("GET", seed, seed_path, headers={"Range": "bytes=-100"})
+    assert part.status_code == 206 and part.content == iso[-100:]
+    assert c.call("GET", seed, seed_path, params={"ip": "nope"}).status_code == 400
+
     c.call("POST", dev + "/reset", f"/api/v1/devices/{b_id}/reset")
     c.call("DELETE", dev, f"/api/v1/devices/{b_id}")
     c.call("DELETE", "/api/v1/tokens/{token_id}", f"/api/v1/tokens/{tid}")
+    assert c.call("GET", seed, seed_path).json()["error"] == "token_revoked"  # 410
 
     # Errors, each documented for its operation, each with the error body.
     assert c.call("GET", "/api/v1/devices", operator=False).status_code == 401
