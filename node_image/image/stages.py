@@ -327,7 +327,9 @@ def _mksquashfs(root: Path, dest: Path, level: int, log: Log) -> None:
                     shutil.rmtree(child)
                 else:
                     child.unlink()
-    argv = ["mksquashfs", str(root), str(dest), "-noappend", "-comp", "zstd"]
+    # gzip, not zstd: this squashfs is also an installed disk's A/B slot, and GRUB 2.06
+    # (bookworm) reads only gzip, lzo and xz squashfs when it loads the kernel from a slot.
+    argv = ["mksquashfs", str(root), str(dest), "-noappend", "-comp", "gzip"]
     argv += ["-Xcompression-level", str(level), "-no-progress", "-quiet"]
     log.run(argv)
 
