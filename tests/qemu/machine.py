@@ -94,13 +94,14 @@ class Machine:
         argv = self.argv()
         (self.workdir / f"{self.name}-argv.txt").write_text(" ".join(argv) + "\n")
         self.started_at = time.monotonic()
-        self.proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=open(self.workdir / f"{self.name}-qemu.out", "wb"),  # noqa: SIM115
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        with open(self.workdir / f"{self.name}-qemu.out", "wb") as out:
+            self.proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started_at
@@ -140,15 +141,13 @@ class Machine:
             except ProcessLookupError:
                 pass
             proc.wait(timeout=30)
-        if proc.stdout is not None:
-            proc.stdout.close()
 
     def keep_log(self) -> Path | None:
         """Copy the serial log under ``logs_dir`` and return where it went."""
         if self.logs_dir is None or not self.serial_log.exists():
             return None
         self.logs_dir.mkdir(parents=True, exist_ok=True)
-        dest = self.logs_dir / f"{self.workdir.name}-{self.name}-serial.log"
+        dest = self.logs_dir / f"{self.workdir.parent.name}-{self.name}-serial.log"
         shutil.copyfile(self.serial_log, dest)
         self.kept_log = dest
         return dest
