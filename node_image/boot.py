@@ -31,6 +31,9 @@ NEXT = "corral_next"
 TRIES = "corral_tries"
 #: The kernel command line names the booted slot: ``corral.slot=B`` (set by ``grub.cfg``).
 CMDLINE_KEY = "corral.slot"
+#: GRUB has no arithmetic: the installed grub.cfg decrements the counter through a table
+#: that stops at 9 (build/overlay/usr/share/corral/grub/installed.cfg).
+MAX_TRIES = 9
 
 
 class RebootRequested(BaseException):  # noqa: N818 - a request, like SystemExit
@@ -106,8 +109,8 @@ def choose_slot(env: Mapping[str, str]) -> BootChoice:
 
 def try_next(host: Host, slot: str, tries: int) -> None:
     """Boot ``slot`` next, at most ``tries`` times before GRUB falls back to the good slot."""
-    if tries < 1:
-        raise AgentError("a slot to try needs at least one try")
+    if not 1 <= tries <= MAX_TRIES:
+        raise AgentError(f"a slot to try needs 1 to {MAX_TRIES} tries, not {tries}")
     host.write_grubenv({NEXT: check_slot(slot), TRIES: str(tries)})
 
 

@@ -18,6 +18,7 @@ from types import FrameType
 from node_image.agent import clock, daemon, firstboot, memory, seedsource
 from node_image.agent import seed as seed_mod
 from node_image.agent.context import ReconcileContext, run_reconcile
+from node_image.agent.install import install_if_seeded
 from node_image.agent.reconcilers import build
 from node_image.agent.state import CorruptStateFile, StateDir
 from node_image.agent.transport import Backoff
@@ -179,6 +180,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         # The same process (pid, systemd unit), started anew now that it has an identity.
         argv = [sys.executable, "-m", "node_image.agent.cli", *args.argv]
         os.execv(sys.executable, argv)  # noqa: S606 - this very program, its own arguments
+    try:
+        install_if_seeded(args.seed, state, host)
+    except RebootRequested:
+        log.warning("the machine is rebooting into the installed system; the agent exits")
+        return 0
     settings = daemon.AgentSettings(
         poll_interval=args.poll_interval,
         poll_interval_connected=max(

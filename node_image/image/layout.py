@@ -46,6 +46,12 @@ PART_BIOS = "bios-boot"
 PART_EFI = "EFI"
 PART_STATE = "corral-state"
 PART_PERSISTENT = "corral-persistent"
+#: Filesystem labels: the partition names, except where ext4's 16-byte limit cuts one short.
+FS_LABELS = {
+    PART_EFI: PART_EFI,
+    PART_STATE: PART_STATE,
+    PART_PERSISTENT: "corral-persist",
+}
 STATE_MOUNT = Path("/boot/corral")
 #: In the root image: the OS version (also recorded in the manifest).
 OS_VERSION_FILE = "/etc/corral/os-version"

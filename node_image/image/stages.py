@@ -201,6 +201,7 @@ def build_root_image(
         _copy_overlay(recipe.overlay, merged)
         _install_unit(recipe.agent_unit, merged, log)
         _write_identity(merged, inputs)
+        _update_initramfs(merged, log)
         _copy_boot_files(merged, out)
         _mksquashfs(merged, out / "filesystem.squashfs", recipe.squashfs_level, log)
     write_manifest(out / "filesystem.squashfs", inputs.version, out / "manifest.json")
@@ -301,6 +302,13 @@ def _write_identity(root: Path, inputs: RootInputs) -> None:
     check.chmod(0o755)
 
 
+def _update_initramfs(root: Path, log: Log) -> None:
+    """Rebuild the initramfs with the overlay's initramfs-tools files (the ``boot=corral``
+    script an installed disk boots with, see node_image/installer.py)."""
+    with chroot_mounts(root, log):
+        log.run(_in_chroot(root, ["update-initramfs", "-u", "-k", "all"]))
+
+
 def _copy_boot_files(root: Path, out: Path) -> None:
     kernels = sorted((root / "boot").glob("vmlinuz-*"))
     initrds = sorted((root / "boot").glob("initrd.img-*"))
@@ -319,7 +327,9 @@ def _mksquashfs(root: Path, dest: Path, level: int, log: Log) -> None:
                     shutil.rmtree(child)
                 else:
                     child.unlink()
-    argv = ["mksquashfs", str(root), str(dest), "-noappend", "-comp", "zstd"]
+    # gzip, not zstd: this squashfs is also an installed disk's A/B slot, and GRUB 2.06
+    # (bookworm) reads only gzip, lzo and xz squashfs when it loads the kernel from a slot.
+    argv = ["mksquashfs", str(root), str(dest), "-noappend", "-comp", "gzip"]
     argv += ["-Xcompression-level", str(level), "-no-progress", "-quiet"]
     log.run(argv)
 
