@@ -123,7 +123,6 @@ def test_install_to_disk_then_ab_updates_with_rollback(
     token = vm_server.create_token(labels={"site": "qemu-install"}, max_uses=1)
     seeded = tmp_path / "seeded.iso"
     seed = seed_document(guest_url(vm_server), token["token"], install_disk="/dev/vda")
-    seed += layout.SEED_PAD * (layout.SEED_SLOT_SIZE - len(seed))  # a slot's full size
     seed_iso(base, seeded, seed)
     disk = tmp_path / "disk.raw"
     with open(disk, "wb") as f:

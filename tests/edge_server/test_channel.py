@@ -178,7 +178,7 @@ def test_demo_shows_fifty_online_devices_at_the_current_generation(tmp_path: Pat
         assert table.count("online") == 50 and "config=Applied" in table
     finally:
         proc.terminate()
-        proc.wait(60)
+        proc.wait(180)  # 50 agents say goodbye, then the server stops; slow on a loaded box
     assert proc.returncode == 0
     assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
 

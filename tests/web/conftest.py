@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,6 +78,8 @@ class Client:
     def __init__(self, server: Server) -> None:
         self.server = server
         self.http = requests.Session()
+        # Its pooled TLS connections are closed when the client goes, not left to the GC.
+        weakref.finalize(self, self.http.close)
         form = self.get("/signin")
         self.post(
             "/signin",

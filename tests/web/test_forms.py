@@ -3,6 +3,7 @@ CSRF, the sign-in rate limit, cookies, bad input shown inline with nothing saved
 
 from __future__ import annotations
 
+import pytest
 import requests
 
 from tests.support import Machine, Server
@@ -30,8 +31,11 @@ def test_a_forged_post_without_the_csrf_token_is_refused_and_changes_nothing(
     assert tokens_in_store(shared_server) == before + 1
 
 
-def test_the_session_cookie_is_secure_httponly_and_samesite(shared_server: Server) -> None:
+def test_the_session_cookie_is_secure_httponly_and_samesite(
+    shared_server: Server, request: pytest.FixtureRequest
+) -> None:
     http = requests.Session()
+    request.addfinalizer(http.close)
     ca = str(shared_server.ca)
     page = http.get(shared_server.url + "/signin", verify=ca, timeout=30)
     answer = http.post(
@@ -67,9 +71,10 @@ def test_sign_in_without_its_form_token_is_refused(shared_server: Server) -> Non
 
 
 def test_failed_sign_ins_are_limited_per_account_even_with_the_right_password(
-    server: Server,
+    server: Server, request: pytest.FixtureRequest
 ) -> None:
     http = requests.Session()
+    request.addfinalizer(http.close)
     ca = str(server.ca)
 
     def attempt(password: str) -> requests.Response:
