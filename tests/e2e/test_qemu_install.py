@@ -28,7 +28,6 @@ from typing import Any
 
 import pytest
 
-from node_image.image import layout
 from tests.qemu.fleet import BUILD_TIMEOUT, guest_server, guest_url, wait_registered
 from tests.qemu.machine import Machine
 from tests.qemu.seeding import seed_document, seed_iso
