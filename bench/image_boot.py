@@ -86,7 +86,13 @@ def main() -> int:
 
 
 def boot(seeded: Path, work: Path, server: Server) -> tuple[float, float, float, float, float]:
-    machine = Machine(seeded, work / "vm", name="bench", logs_dir=work.parent / "qemu-logs")
+    machine = Machine(
+        seeded,
+        work / "vm",
+        name="bench",
+        logs_dir=work.parent / "qemu-logs",
+        ports=(server.port, server.mqtt_port),
+    )
     marks: dict[str, float] = {}
     busy_before, wall_before = machine_cpu_ticks()[0], time.monotonic()
     with machine:

@@ -73,9 +73,12 @@ def test_base_iso_carries_an_empty_seed_slot_and_the_os_manifest(base_iso: Path)
 
 
 @pytest.mark.parametrize(
-    ("firmware", "medium"),
-    [("bios", "cdrom"), ("uefi", "disk")],
-    ids=["seabios-cd", "ovmf-usb-disk"],
+    ("firmware", "medium", "rtc"),
+    # The SeaBIOS boot also starts at 1970 (a board without an RTC): systemd moves the clock
+    # to its own build date at most, still before the image's, so the agent must find the
+    # clock impossible, take the time from the server over the pinned CA and register.
+    [("bios", "cdrom", "1970-01-01"), ("uefi", "disk", None)],
+    ids=["seabios-cd-clock-1970", "ovmf-usb-disk"],
 )
 def test_seeded_iso_boots_registers_and_shows_online_with_the_machines_facts(
     base_iso: Path,
@@ -84,6 +87,7 @@ def test_seeded_iso_boots_registers_and_shows_online_with_the_machines_facts(
     qemu_logs: Path,
     firmware: Firmware,
     medium: Medium,
+    rtc: str | None,
 ) -> None:
     token = vm_server.create_token(labels={"site": "qemu"}, max_uses=1)
     seeded = tmp_path / "seeded.iso"
@@ -91,7 +95,14 @@ def test_seeded_iso_boots_registers_and_shows_online_with_the_machines_facts(
     assert seeded.stat().st_size == base_iso.stat().st_size
 
     machine = Machine(
-        seeded, tmp_path / "vm", firmware=firmware, medium=medium, name=firmware, logs_dir=qemu_logs
+        seeded,
+        tmp_path / "vm",
+        firmware=firmware,
+        medium=medium,
+        name=firmware,
+        logs_dir=qemu_logs,
+        ports=(vm_server.port, vm_server.mqtt_port),
+        rtc_base=rtc,
     )
     with machine:
         device = wait_online(vm_server, BOOT_TIMEOUT, detail=lambda: machine.console()[-600:])

@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from tests.qemu.fleet import BUILD_TIMEOUT, guest_server, guest_url, wait_registered
-from tests.qemu.machine import Machine
+from tests.qemu.machine import Machine, user_net
 from tests.qemu.seeding import seed_document, seed_iso
 from tests.server_process import CORRAL, Server, tree_env
 from tests.support import device, set_group
@@ -71,7 +71,7 @@ class DiskMachine(Machine):
         argv = ["qemu-system-x86_64", "-accel", "tcg", "-smp", str(self.cpus)]
         argv += ["-m", str(self.memory_mb), "-nographic", "-monitor", "none"]
         argv += ["-serial", f"file:{self.serial_log}", "-no-reboot"]
-        argv += ["-nic", "user,model=e1000"]
+        argv += ["-nic", user_net(self.ports)]
         argv += ["-drive", f"file={self.disk},format=raw,if=virtio"]
         if self.with_cd:
             argv += ["-drive", f"file={self.image},media=cdrom,readonly=on,if=ide,index=2"]
@@ -133,7 +133,7 @@ def test_install_to_disk_then_ab_updates_with_rollback(
         boots += 1
         return DiskMachine(
             seeded, tmp_path / "vm", name=f"boot{boots}", logs_dir=logs, disk=disk,
-            with_cd=with_cd,
+            with_cd=with_cd, ports=(vm_server.port, vm_server.mqtt_port),
         )  # fmt: skip
 
     # 1. Live from CD: register, install, reboot.

@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -25,12 +26,24 @@ from typing import Literal
 
 from tests.waiting import wait_until
 
-#: The address of the host's loopback as the guest sees it (QEMU user-mode networking).
-HOST_FROM_GUEST = "10.0.2.2"
+#: Where the guest reaches the test server: an address of QEMU's user-mode network whose
+#: ports are forwarded (``guestfwd``) to the same ports on the host's 127.0.0.1.
+HOST_FROM_GUEST = "10.0.2.100"
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 #: The DMI product name QEMU's default PC machine reports (i440FX).
 QEMU_PRODUCT_NAME = "Standard PC (i440FX + PIIX, 1996)"
+
+
+def user_net(ports: Sequence[int]) -> str:
+    """QEMU's user-mode network, restricted: the guest gets DHCP and reaches nothing but
+    ``HOST_FROM_GUEST:<port>`` for ``ports``, each connection relayed by ``socat`` to that
+    port on 127.0.0.1 (no NTP, DNS or anything else leaves the machine)."""
+    forwards = "".join(
+        f",guestfwd=tcp:{HOST_FROM_GUEST}:{p}-cmd:socat - TCP:127.0.0.1:{p}" for p in ports
+    )
+    return f"user,model=e1000,restrict=on{forwards}"
+
 
 Firmware = Literal["bios", "uefi"]
 Medium = Literal["cdrom", "disk"]
@@ -48,6 +61,8 @@ class Machine:
     cpus: int = 2
     extra_disk_mb: int | None = None
     rtc_base: str | None = None
+    #: Host loopback ports the guest may reach at ``HOST_FROM_GUEST`` (the server's).
+    ports: tuple[int, ...] = ()
     name: str = "vm"
     logs_dir: Path | None = None  # where a failed boot's serial log is kept
     proc: subprocess.Popen[bytes] | None = None
@@ -66,7 +81,7 @@ class Machine:
         argv = ["qemu-system-x86_64", "-accel", "tcg", "-smp", str(self.cpus)]
         argv += ["-m", str(self.memory_mb), "-nographic", "-monitor", "none"]
         argv += ["-serial", f"file:{self.serial_log}", "-no-reboot"]
-        argv += ["-nic", "user,model=e1000"]
+        argv += ["-nic", user_net(self.ports)]
         if self.firmware == "uefi":
             vars_copy = self.workdir / f"{self.name}-OVMF_VARS.fd"
             shutil.copyfile(OVMF_VARS, vars_copy)
