@@ -64,7 +64,7 @@ def test_operator_signs_in_registers_a_device_relabels_revokes_and_signs_out(
         expect(row).to_have_count(1, timeout=TIMEOUT)
         expect(row.locator("[data-cell=status] .word")).to_have_text("Online", timeout=TIMEOUT)
         expect(row.locator("[data-cell=groups]")).to_have_text("shop")
-        expect(page.locator("#new-devices")).to_contain_text("1 new device matches")
+        expect(page.locator("#new-devices")).to_contain_text("1 new device matches, added below")
         assert page.evaluate("window.notReloaded") is True
         shots("04-devices-live")
         device_id = row.get_attribute("data-id")

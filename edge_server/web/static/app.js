@@ -106,8 +106,11 @@
         else patch(row, d);
       } else if (d.matches && !d.gone && !fresh.has(d.id)) {
         fresh.add(d.id);
-        banner(fresh.size + (fresh.size === 1 ? " new device matches" : " new devices match"));
-        if (body.hasAttribute("data-last-page")) append(d);
+        var shown = body.hasAttribute("data-last-page");
+        if (shown) append(d);
+        var one = fresh.size === 1;
+        banner(fresh.size + (one ? " new device" : " new devices") +
+          (shown ? (one ? " matches, added below" : " match, added below") : (one ? " matches" : " match")));
       }
     } else if (mode === "overview") {
       banner("The fleet changed since this page loaded");
