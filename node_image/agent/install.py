@@ -16,7 +16,7 @@ import logging
 from pathlib import Path
 
 from node_image import installer
-from node_image.agent import seed as seed_mod
+from node_image.agent import seedsource
 from node_image.agent.markers import Frequency, Markers
 from node_image.agent.state import StateDir
 from node_image.host import Host, LinuxHost
@@ -27,14 +27,14 @@ log = logging.getLogger(__name__)
 MARKER = "install-disk"
 
 
-def wanted_disk(seed_path: str | None, medium: Path) -> str | None:
-    """The seed's ``install_disk`` on a live boot, else None."""
+def wanted_disk(seed_path: str | None, medium: Path, host: Host) -> str | None:
+    """The seed's ``install_disk`` on a live boot, else None. The seed is found as the first
+    boot found it (``--seed auto``, the unit's: the live medium, ``corral.seed=``, a
+    ``CORRAL``/``CIDATA`` partition; or an explicit path)."""
     if seed_path is None or not installer.is_live(medium):
         return None
-    path = Path(seed_path)
-    if not path.is_file():
-        return None
-    return seed_mod.load(path).install_disk
+    found = seedsource.find(host, seed_path)
+    return found.seed.install_disk if found is not None else None
 
 
 def manifest_sha256(medium: Path) -> str | None:
@@ -57,7 +57,7 @@ def install_if_seeded(
     for it and it has not been done; otherwise return at once."""
     if not isinstance(host, LinuxHost):
         return
-    disk = wanted_disk(seed_path, medium)
+    disk = wanted_disk(seed_path, medium, host)
     if disk is None:
         return
     markers = Markers(state, host)
