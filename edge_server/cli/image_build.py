@@ -8,6 +8,7 @@ cache (``~/.cache/corral``, or ``CORRAL_CACHE_DIR``), so an unchanged rebuild ta
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
@@ -58,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
     )
     display = StepDisplay()
     started = time.monotonic()
+    # SIGTERM unwinds like Ctrl-C, so the chroot's mounts are undone on the way out.
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         result = build_base(options, display.on_step)
     except AgentError as e:
@@ -70,6 +73,10 @@ def run(args: argparse.Namespace) -> int:
     cached = sum(1 for s in result.steps if s.cached)
     print(f"built in {_seconds(total)} ({cached} of {len(result.steps) - 1} stages from cache)")
     return 0
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _hint(message: str) -> str | None:

@@ -13,6 +13,7 @@ import hashlib
 import os
 import shutil
 import stat
+import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -83,11 +84,27 @@ class Cache:
     def begin(self, stage: str, key: str) -> Path:
         """A fresh temp directory to build the entry in; :meth:`commit` moves it into place."""
         self.root.mkdir(parents=True, exist_ok=True)
+        self.sweep()
         tmp = self.root / f".{stage}-{key[:24]}.tmp-{os.getpid()}"
         if tmp.exists():
             remove_tree(tmp)
         tmp.mkdir()
         return tmp
+
+    def sweep(self) -> None:
+        """Remove what builds that died left (``kill -9``, power): their temp directories,
+        unmounting the chroot's mounts first. A temp directory of a live process is kept."""
+        for tmp in self.root.glob(".*.tmp-*"):
+            pid = tmp.name.rsplit("-", 1)[-1]
+            if not pid.isdigit() or _alive(int(pid)):
+                continue
+            for point in mounts_under(tmp):
+                subprocess.run(  # noqa: S603 - our own mount points
+                    ["umount", "--lazy", point],  # noqa: S607
+                    check=False,
+                    capture_output=True,
+                )
+            remove_tree(tmp)
 
     def commit(self, stage: str, key: str, tmp: Path) -> Path:
         (tmp / ".complete").write_text(key + "\n")
@@ -106,6 +123,16 @@ class Cache:
         )
         for old in entries[KEEP_PER_STAGE - 1 :]:
             remove_tree(old)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def remove_tree(path: Path) -> None:

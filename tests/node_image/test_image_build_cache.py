@@ -79,3 +79,25 @@ def test_an_unpinned_dependency_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(stages.ImageBuildError, match="unpinned dependencies"):
         build.pinned_dependencies(tmp_path / "pyproject.toml")
+
+
+def test_a_dead_builds_temp_dir_and_its_mounts_are_swept_a_live_ones_kept(tmp_path: Path) -> None:
+    import subprocess
+
+    store = cache.Cache(tmp_path)
+    store.root.mkdir(parents=True)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    left = store.root / f".root-abc.tmp-{dead.pid}"
+    merged = left / ".work" / "merged"
+    merged.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(merged)], check=True)
+    try:
+        (merged / "file").write_text("x")
+        mine = store.root / f".root-def.tmp-{os.getpid()}"
+        mine.mkdir()
+        store.sweep()
+        assert not left.exists() and cache.mounts_under(left) == []
+        assert mine.is_dir()  # a build that is still running keeps its directory
+    finally:
+        subprocess.run(["umount", "--lazy", str(merged)], check=False, capture_output=True)
