@@ -103,6 +103,7 @@ def register_first(args: argparse.Namespace, state: StateDir, host: Host) -> boo
     settings = daemon.AgentSettings
     backoff = Backoff(5.0, settings.register_backoff_cap, settings.jitter)
     previous = {s: signal.signal(s, _stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    log.info("not registered: looking for the seed")
     try:
         found = seedsource.wait_for_seed(
             host, args.seed, partitions=not args.simulated, backoff=Backoff(5.0, 60.0)

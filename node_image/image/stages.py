@@ -201,6 +201,7 @@ def build_root_image(
         _copy_overlay(recipe.overlay, merged)
         _install_unit(recipe.agent_unit, merged, log)
         _write_identity(merged, inputs)
+        _byte_compile(merged, log)
         _update_initramfs(merged, log)
         _copy_boot_files(merged, out)
         _mksquashfs(merged, out / "filesystem.squashfs", recipe.squashfs_level, log)
@@ -266,6 +267,38 @@ def _drop_installers(root: Path) -> None:
             shutil.rmtree(path)
         elif path.is_symlink() or path.exists():
             path.unlink()
+
+
+#: Where the image's Python code lives: the standard library, Debian's modules, the agent's venv.
+PYTHON_TREES = ("/usr/lib/python3", "/usr/lib/python3.11", f"{VENV}/lib")
+
+#: Run by the image's own python3 (its bytecode magic): each ``X.cpython-311.pyc`` that pip
+#: or Debian wrote becomes ``X.cpython-311.opt-2.pyc``, the file that an interpreter with
+#: PYTHONOPTIMIZE=2 (the agent's unit) imports. Without it, every boot compiled each module
+#: the agent imported from source: tens of seconds under QEMU TCG. The hash in each file is
+#: not checked against its source (the root is a read-only squashfs, so no stat per import).
+_BYTE_COMPILE = """
+import pathlib, py_compile, sys
+mode = py_compile.PycInvalidationMode.UNCHECKED_HASH
+done = 0
+for tree in sys.argv[1:]:
+    for pyc in sorted(pathlib.Path(tree).rglob("__pycache__/*.pyc")):
+        if ".opt-" in pyc.name:
+            continue
+        source = pyc.parent.parent / (pyc.name.split(".", 1)[0] + ".py")
+        if not source.is_file():
+            continue
+        py_compile.compile(str(source), optimize=2, invalidation_mode=mode, doraise=True)
+        pyc.unlink()
+        done += 1
+print(f"{done} modules compiled for PYTHONOPTIMIZE=2")
+"""
+
+
+def _byte_compile(root: Path, log: Log) -> None:
+    trees = [t for t in PYTHON_TREES if (root / t.lstrip("/")).is_dir()]
+    with chroot_mounts(root, log):
+        log.run(_in_chroot(root, ["/usr/bin/python3", "-c", _BYTE_COMPILE, *trees]))
 
 
 def _copy_overlay(overlay: Path, root: Path) -> None:

@@ -10,6 +10,8 @@ A failed boot keeps its serial console log under ``qemu-logs/`` in pytest's temp
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -70,6 +72,23 @@ def test_base_iso_carries_an_empty_seed_slot_and_the_os_manifest(base_iso: Path)
             pc.get_record(rr_path=path)
     finally:
         pc.close()
+
+
+def test_the_root_holds_the_bytecode_the_agents_unit_imports(base_iso: Path) -> None:
+    """The unit runs the agent with PYTHONOPTIMIZE=2: the standard library and the agent's venv
+    carry ``.opt-2.pyc`` files and no plain ones, so no boot compiles a module (tens of
+    seconds under TCG)."""
+    squashfs = base_iso.with_name("base.os.squashfs")
+    listing = subprocess.run(
+        ["unsquashfs", "-l", str(squashfs)], capture_output=True, text=True, check=True
+    ).stdout
+    agent = re.compile(
+        r"/site-packages/node_image/agent/__pycache__/cli\.cpython-3\d+\.opt-2\.pyc$"
+    )
+    assert any(agent.search(line) for line in listing.splitlines())
+    imported = re.compile(r"/(usr/lib/python3[^/]*|opt/corral)/.*\.cpython-3\d+\.pyc$")
+    plain = [line for line in listing.splitlines() if imported.search(line)]
+    assert not plain, plain[:5]
 
 
 @pytest.mark.parametrize(
