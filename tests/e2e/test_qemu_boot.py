@@ -91,6 +91,42 @@ def test_the_root_holds_the_bytecode_the_agents_unit_imports(base_iso: Path) -> 
     assert not plain, plain[:5]
 
 
+def initramfs_modules(initrd: bytes) -> set[str]:
+    """The kernel modules (``name.ko``) in a zstd-compressed newc initramfs."""
+    cpio = subprocess.run(["zstd", "-dc"], input=initrd, capture_output=True, check=True).stdout
+    names, at = set(), 0
+    while (at := cpio.find(b"070701", at)) >= 0:
+        size, name_size = int(cpio[at + 54 : at + 62], 16), int(cpio[at + 94 : at + 102], 16)
+        name = cpio[at + 110 : at + 110 + name_size - 1].decode()
+        names.add(name.rsplit("/", 1)[-1])
+        at = (at + 110 + name_size + 3) & ~3
+        at = (at + size + 3) & ~3
+    return {n for n in names if n.endswith(".ko")}
+
+
+def test_the_initramfs_has_the_boot_media_drivers_and_no_network_ones(base_iso: Path) -> None:
+    """build/overlay/etc/initramfs-tools/hooks/corral-trim: no network drivers, NFS or
+    filesystems no boot path mounts (they were half of a 24 MB initramfs), and still every
+    driver of a local boot medium and of the installed disk's layout."""
+    import pycdlib
+
+    pc = pycdlib.PyCdlib()
+    pc.open(str(base_iso))
+    try:
+        with pc.open_file_from_iso(rr_path=layout.LIVE_INITRD) as f:
+            modules = initramfs_modules(f.read())
+    finally:
+        pc.close()
+    for needed in (
+        "sr_mod.ko", "ata_piix.ko", "ahci.ko", "nvme.ko", "virtio_blk.ko", "usb-storage.ko",
+        "uas.ko", "xhci-pci.ko", "sd_mod.ko", "mmc_block.ko", "isofs.ko", "squashfs.ko",
+        "overlay.ko", "loop.ko", "ext4.ko", "vfat.ko",
+    ):  # fmt: skip
+        assert needed in modules, needed
+    for dropped in ("e1000.ko", "e1000e.ko", "nfs.ko", "sunrpc.ko", "xfs.ko", "btrfs.ko"):
+        assert dropped not in modules, dropped
+
+
 @pytest.mark.parametrize(
     ("firmware", "medium", "rtc"),
     # The SeaBIOS boot also starts at 1970 (a board without an RTC): systemd moves the clock
