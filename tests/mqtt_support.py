@@ -17,9 +17,13 @@ import subprocess
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import aiomqtt
 
 from edge_server.broker import EmbeddedBroker
 from edge_server.mosquitto import MosquittoFiles, make_crl, write_config, write_crl
+from node_image.agent.transport import MqttClient
 from registration import identity
 from tests.server_process import free_port, terminate
 from tests.waiting import wait_listening
@@ -249,3 +253,13 @@ async def run_cli(argv: Sequence[str], seconds: float = 15) -> CliResult:
         out, err = await proc.communicate()
     assert proc.returncode is not None
     return CliResult(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
+
+
+def mqtt_client(*args: Any, **kw: Any) -> aiomqtt.Client:
+    """A real MQTT client (aiomqtt) that closes its socket when a connect fails or times out,
+    as the agent's does (node_image.agent.transport.MqttClient), with aiomqtt's own
+    one-second housekeeping tick. A plain aiomqtt client keeps the socket of a timed-out
+    connect open until the garbage collector finds it."""
+    client = MqttClient(*args, **kw)
+    client.misc_interval = 1.0
+    return client

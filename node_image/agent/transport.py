@@ -18,7 +18,7 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Self, TypeVar
 from urllib.parse import urlsplit
 
 import aiomqtt
@@ -308,8 +308,9 @@ class ChannelDown(AgentError):
     """MQTT is not connected, or a publish did not complete."""
 
 
-class _Client(aiomqtt.Client):
-    """aiomqtt's client with a slower housekeeping tick.
+class MqttClient(aiomqtt.Client):
+    """aiomqtt's client with a slower housekeeping tick, which closes its socket when the
+    connect fails.
 
     paho's ``loop_misc`` sends keepalive pings and drops a connection whose ping went
     unanswered; aiomqtt runs it every second, which for thousands of idle agents in one loop
@@ -318,6 +319,18 @@ class _Client(aiomqtt.Client):
     """
 
     misc_interval: float = 5.0
+
+    async def __aenter__(self) -> Self:
+        try:
+            return await super().__aenter__()
+        except BaseException:
+            # aiomqtt raises on a CONNACK that does not come in time but leaves paho's socket
+            # open (paho closes it only on a read error or the broker's close): each
+            # timed-out connect would keep a TLS socket and its descriptor until the
+            # garbage collector found the client. paho's own close also unregisters it
+            # from the loop.
+            self._client._sock_close()  # noqa: SLF001
+            raise
 
     async def _misc_loop(self) -> None:
         while self._client.loop_misc() == paho.MQTT_ERR_SUCCESS:  # noqa: ASYNC110
@@ -379,7 +392,7 @@ class MqttChannel:
         self._on_nudge = on_nudge
         self._on_state = on_state
         self._settings = settings
-        self._client: _Client | None = None
+        self._client: MqttClient | None = None
         self._broken = asyncio.Event()
         self._broken_reason = ""
 
@@ -438,7 +451,7 @@ class MqttChannel:
             log.info("presence offline not published: %s", e)
 
     async def _session(self, backoff: Backoff) -> None:
-        client = _Client(
+        client = MqttClient(
             self._host,
             self._port,
             identifier=self._device_id,
@@ -474,7 +487,7 @@ class MqttChannel:
                 self._client = None
                 self._on_state(False)
 
-    async def _receive_until_broken(self, client: _Client) -> None:
+    async def _receive_until_broken(self, client: MqttClient) -> None:
         """Hand nudges on until the connection ends (MqttError) or :meth:`reconnect`."""
         receiving = asyncio.ensure_future(self._receive(client))
         broken = asyncio.ensure_future(self._broken.wait())
@@ -488,7 +501,7 @@ class MqttChannel:
             receiving.result()  # raises the MqttError that ended the connection
         raise aiomqtt.MqttError(f"session dropped: {self._broken_reason or 'no messages'}")
 
-    async def _receive(self, client: _Client) -> None:
+    async def _receive(self, client: MqttClient) -> None:
         async for message in client.messages:
             self._received(message)
 

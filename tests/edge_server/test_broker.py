@@ -25,6 +25,7 @@ from tests.mqtt_support import (
     issue_client,
     mosquitto_pub,
     mosquitto_sub,
+    mqtt_client,
     revoked_set,
     run_cli,
     serial_of,
@@ -76,7 +77,7 @@ class Harness:
         context = tls or (cert.tls if cert else client_tls(self.ca_path))
         identifier = client_id or (cert.cn if cert else "anonymous")
         if v5:
-            return aiomqtt.Client(
+            return mqtt_client(
                 HOST,
                 self.port,
                 identifier=identifier,
@@ -84,7 +85,7 @@ class Harness:
                 protocol=aiomqtt.ProtocolVersion.V5,
                 timeout=5,
             )
-        return aiomqtt.Client(
+        return mqtt_client(
             HOST,
             self.port,
             identifier=identifier,

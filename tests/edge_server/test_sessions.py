@@ -16,7 +16,7 @@ import pytest
 
 from registration.desired import nudge_topic
 from tests.edge_server.test_channel import registered
-from tests.mqtt_support import HOST, client_tls, mosquitto_sub, run_cli
+from tests.mqtt_support import HOST, client_tls, mosquitto_sub, mqtt_client, run_cli
 from tests.support import Server
 
 SERVER_ID = "corral-server"
@@ -82,7 +82,7 @@ async def device_client(
 ) -> AsyncIterator[aiomqtt.Client]:
     """A device's persistent session, as the agent opens it (subscribed to its nudge)."""
     tls = await asyncio.to_thread(client_tls, server.ca, cert, key)
-    client = aiomqtt.Client(
+    client = mqtt_client(
         HOST,
         server.mqtt_port,
         identifier=device_id,
