@@ -42,6 +42,16 @@ BUILD_TIME_FILE = "/etc/corral/build-time"
 HEALTH_CHECK_FILE = "/etc/corral/health-check"
 AGENT_UNIT = "corral-agent.service"
 ENABLED_UNITS = ("systemd-networkd.service", "systemd-timesyncd.service", AGENT_UNIT)
+#: Debian's housekeeping that an appliance does not want: apt and dpkg timers (the device
+#: never installs packages; its OS comes as A/B images) and e2scrub (LVM snapshots, which
+#: the device has none of). Each is a process start in the boot's critical minute.
+MASKED_UNITS = (
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "dpkg-db-backup.timer",
+    "e2scrub_all.timer",
+    "e2scrub_reap.service",
+)
 TAIL = 3000
 
 
@@ -317,6 +327,7 @@ def _install_unit(unit: Path, root: Path, log: Log) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(unit, dest)
     log.run(["chroot", str(root), "systemctl", "enable", *ENABLED_UNITS])
+    log.run(["chroot", str(root), "systemctl", "mask", *MASKED_UNITS])
     seed = root / SEED_LINK.lstrip("/")
     seed.parent.mkdir(parents=True, exist_ok=True)
     if seed.is_symlink() or seed.exists():
