@@ -38,6 +38,7 @@ from registration.desired import (
     device_of_topic,
     nudge_topic,
 )
+from registration.mqtt import ClosingClient
 
 if TYPE_CHECKING:
     from edge_server.notifier import Notifier
@@ -131,13 +132,13 @@ class Channel:
         if self.settings.mqtt5:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = 3600
-            return aiomqtt.Client(
+            return ClosingClient(
                 protocol=aiomqtt.ProtocolVersion.V5,
                 clean_start=False,
                 properties=props,
                 **common,
             )
-        return aiomqtt.Client(protocol=aiomqtt.ProtocolVersion.V311, clean_session=False, **common)
+        return ClosingClient(protocol=aiomqtt.ProtocolVersion.V311, clean_session=False, **common)
 
     def _subscriptions(self) -> list[str]:
         topics = [f"{TOPIC_ROOT}/+/status", f"{TOPIC_ROOT}/+/presence"]

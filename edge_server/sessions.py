@@ -41,6 +41,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edge_server import mosquitto
 from registration import identity
+from registration.mqtt import ClosingClient
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ class MosquittoSessions:
             try:
                 tls = await asyncio.to_thread(self._tls_as, device_id)
                 async with asyncio.timeout(TAKEOVER_TIMEOUT):
-                    async with aiomqtt.Client(
+                    async with ClosingClient(
                         self._host,
                         self._port,
                         identifier=device_id,

@@ -18,7 +18,7 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Self, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlsplit
 
 import aiomqtt
@@ -26,6 +26,7 @@ import paho.mqtt.client as paho
 from pydantic import BaseModel, ValidationError
 
 from node_image.errors import AgentError
+from registration.mqtt import ClosingClient
 
 if TYPE_CHECKING:
     from registration.protocol import CertificateRenewResponse, K3sServerAck, K3sServerReport
@@ -308,9 +309,9 @@ class ChannelDown(AgentError):
     """MQTT is not connected, or a publish did not complete."""
 
 
-class MqttClient(aiomqtt.Client):
-    """aiomqtt's client with a slower housekeeping tick, which closes its socket when the
-    connect fails.
+class MqttClient(ClosingClient):
+    """The MQTT client (:class:`registration.mqtt.ClosingClient`: it closes its socket when
+    a connect fails) with a slower housekeeping tick.
 
     paho's ``loop_misc`` sends keepalive pings and drops a connection whose ping went
     unanswered; aiomqtt runs it every second, which for thousands of idle agents in one loop
@@ -319,18 +320,6 @@ class MqttClient(aiomqtt.Client):
     """
 
     misc_interval: float = 5.0
-
-    async def __aenter__(self) -> Self:
-        try:
-            return await super().__aenter__()
-        except BaseException:
-            # aiomqtt raises on a CONNACK that does not come in time but leaves paho's socket
-            # open (paho closes it only on a read error or the broker's close): each
-            # timed-out connect would keep a TLS socket and its descriptor until the
-            # garbage collector found the client. paho's own close also unregisters it
-            # from the loop.
-            self._client._sock_close()  # noqa: SLF001
-            raise
 
     async def _misc_loop(self) -> None:
         while self._client.loop_misc() == paho.MQTT_ERR_SUCCESS:  # noqa: ASYNC110

@@ -1,4 +1,5 @@
-"""An MQTT connect whose CONNACK never comes: the agent's client lets go of its TLS socket.
+"""An MQTT connect whose CONNACK never comes: the client lets go of its TLS socket (the
+agent's, and the server's: ``registration.mqtt.ClosingClient``).
 
 aiomqtt raises on the timeout but leaves paho's socket open (paho closes it only when it
 reads an error or the broker's close), so every timed-out connect of a device on a bad link
@@ -16,9 +17,13 @@ import pytest
 
 from node_image.agent.transport import MqttClient
 from registration import identity
+from registration.mqtt import ClosingClient
 
 
-async def test_a_connect_that_times_out_closes_its_socket(tmp_path: Path) -> None:
+@pytest.mark.parametrize("client_class", [MqttClient, ClosingClient])
+async def test_a_connect_that_times_out_closes_its_socket(
+    tmp_path: Path, client_class: type[ClosingClient]
+) -> None:
     ca = identity.CertificateAuthority.create("silent broker CA")
     key = identity.generate_key()
     (tmp_path / "broker.pem").write_bytes(identity.cert_to_pem(ca.issue_server(key, ["127.0.0.1"])))
@@ -33,7 +38,7 @@ async def test_a_connect_that_times_out_closes_its_socket(tmp_path: Path) -> Non
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0, ssl=serving)
     port = server.sockets[0].getsockname()[1]
-    client = MqttClient(
+    client = client_class(
         "127.0.0.1",
         port,
         identifier="dev-silent",
