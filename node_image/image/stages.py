@@ -279,8 +279,9 @@ def _drop_installers(root: Path) -> None:
             path.unlink()
 
 
-#: Where the image's Python code lives: the standard library, Debian's modules, the agent's venv.
-PYTHON_TREES = ("/usr/lib/python3", "/usr/lib/python3.11", f"{VENV}/lib")
+#: Where the image's Python code lives: Debian's modules, the standard library (whatever
+#: the suite's version: ``/usr/lib/python3.X``), the agent's venv.
+PYTHON_TREES = ("/usr/lib/python3", "/usr/lib/python3.*", f"{VENV}/lib")
 
 #: Run by the image's own python3 (its bytecode magic): each ``X.cpython-311.pyc`` that pip
 #: or Debian wrote becomes ``X.cpython-311.opt-2.pyc``, the file that an interpreter with
@@ -306,7 +307,12 @@ print(f"{done} modules compiled for PYTHONOPTIMIZE=2")
 
 
 def _byte_compile(root: Path, log: Log) -> None:
-    trees = [t for t in PYTHON_TREES if (root / t.lstrip("/")).is_dir()]
+    trees = sorted(
+        "/" + str(found.relative_to(root))
+        for pattern in PYTHON_TREES
+        for found in root.glob(pattern.lstrip("/"))
+        if found.is_dir()
+    )
     with chroot_mounts(root, log):
         log.run(_in_chroot(root, ["/usr/bin/python3", "-c", _BYTE_COMPILE, *trees]))
 
