@@ -11,13 +11,10 @@ session take-over, and in a test suite whose exit found one.
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
 from typing import Self
 
 import aiomqtt
-
-log = logging.getLogger(__name__)
 
 
 class ClosingClient(aiomqtt.Client):

@@ -23,8 +23,8 @@ import aiomqtt
 
 from edge_server.broker import EmbeddedBroker
 from edge_server.mosquitto import MosquittoFiles, make_crl, write_config, write_crl
-from node_image.agent.transport import MqttClient
 from registration import identity
+from registration.mqtt import ClosingClient
 from tests.server_process import free_port, terminate
 from tests.waiting import wait_listening
 
@@ -256,10 +256,7 @@ async def run_cli(argv: Sequence[str], seconds: float = 15) -> CliResult:
 
 
 def mqtt_client(*args: Any, **kw: Any) -> aiomqtt.Client:
-    """A real MQTT client (aiomqtt) that closes its socket when a connect fails or times out,
-    as the agent's does (node_image.agent.transport.MqttClient), with aiomqtt's own
-    one-second housekeeping tick. A plain aiomqtt client keeps the socket of a timed-out
-    connect open until the garbage collector finds it."""
-    client = MqttClient(*args, **kw)
-    client.misc_interval = 1.0
-    return client
+    """A real MQTT client (aiomqtt), closing its socket when a connect fails, times out or is
+    cancelled, as the server's and the agent's do (``registration.mqtt.ClosingClient``). A
+    plain aiomqtt client keeps that socket open until the garbage collector finds it."""
+    return ClosingClient(*args, **kw)
