@@ -336,6 +336,10 @@ class EmbeddedBroker:
         live.watch()
         try:
             await amqtt.external_connected(admitted.reader, StreamWriterAdapter(writer), LISTENER)
+        except ConnectionError as e:
+            # The client went away while amqtt set its session up or closed it (amqtt's own
+            # close drains the writer): a client's doing, not a server error.
+            log.info("MQTT connection of %s lost: %s", client_id, e)
         finally:
             live.unwatch()
             if self._live.get(client_id) is live:

@@ -16,6 +16,9 @@ from typing import Self
 
 import aiomqtt
 
+#: How long a cancelled connect's close waits for the event loop to run it.
+CLOSE_GRACE = 10.0
+
 
 class ClosingClient(aiomqtt.Client):
     def __init__(self, *args: object, **kwargs: object) -> None:
@@ -47,9 +50,23 @@ class ClosingClient(aiomqtt.Client):
 
         def after_connect() -> None:
             self._connect_returned.wait()
+            closed = threading.Event()
+
+            def close() -> None:
+                if not closed.is_set():
+                    self._client._sock_close()  # noqa: SLF001
+                closed.set()
+
             try:
-                loop.call_soon_threadsafe(self._client._sock_close)  # noqa: SLF001
+                loop.call_soon_threadsafe(close)
             except RuntimeError:  # the loop has closed: nothing watches the socket
-                self._client._sock_close()  # noqa: SLF001
+                close()
+                return
+            if not closed.wait(CLOSE_GRACE):
+                # The loop stopped without running it (its owner ended): close the socket
+                # itself; a loop that no longer runs watches nothing.
+                closed.set()
+                if (sock := self._client.socket()) is not None:
+                    sock.close()
 
         threading.Thread(target=after_connect, name="mqtt-close", daemon=True).start()
