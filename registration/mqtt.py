@@ -1,5 +1,5 @@
 """The MQTT client that the server and the agent both use: aiomqtt's, closing its socket
-when a connect fails.
+when a connect fails, and quiet about acknowledgements that come after their caller left.
 
 aiomqtt raises when the CONNACK does not come in time, and stops waiting when the connect
 is cancelled, but leaves paho's socket open: paho closes it only when it reads an error or
@@ -11,12 +11,17 @@ session take-over, and in a test suite whose exit found one.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
-from typing import Self
+from typing import Any, Self
 
 import aiomqtt
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
-#: How long a cancelled connect's close waits for the event loop to run it.
+log = logging.getLogger(__name__)
+
+#: How often a cancelled connect's close checks that the event loop still runs to do it.
 CLOSE_GRACE = 10.0
 
 
@@ -41,32 +46,61 @@ class ClosingClient(aiomqtt.Client):
             raise
 
     def _close_socket(self, loop: asyncio.AbstractEventLoop) -> None:
-        """paho's own close, which also unregisters the socket from the loop. Not while the
-        connect still runs in its thread (a cancel): it opens the socket and asks the loop
-        to watch it, so the close waits for it and comes after those requests."""
-        if self._connect_returned.is_set():
-            self._client._sock_close()  # noqa: SLF001
-            return
+        """paho's own close, which also unregisters the socket from the loop, run by the
+        loop once the connect's thread has returned. That thread (still running after a
+        cancel) opens the socket and posts to the loop the requests to watch it; the close
+        is posted after them, so the loop never watches a closed or reused descriptor. If
+        the loop stops without running it, nothing watches the socket: close it here."""
+        lock, closed = threading.Lock(), threading.Event()
+
+        def close(*, unwatched: bool = False) -> None:
+            with lock:
+                if closed.is_set():
+                    return
+                closed.set()
+            if not unwatched:
+                self._client._sock_close()  # noqa: SLF001
+            elif (sock := self._client.socket()) is not None:
+                sock.close()  # the loop's unregistering would fail on a stopped loop
 
         def after_connect() -> None:
             self._connect_returned.wait()
-            closed = threading.Event()
-
-            def close() -> None:
-                if not closed.is_set():
-                    self._client._sock_close()  # noqa: SLF001
-                closed.set()
-
             try:
                 loop.call_soon_threadsafe(close)
-            except RuntimeError:  # the loop has closed: nothing watches the socket
-                close()
+            except RuntimeError:  # the loop has closed
+                close(unwatched=True)
                 return
-            if not closed.wait(CLOSE_GRACE):
-                # The loop stopped without running it (its owner ended): close the socket
-                # itself; a loop that no longer runs watches nothing.
-                closed.set()
-                if (sock := self._client.socket()) is not None:
-                    sock.close()
+            while not closed.wait(CLOSE_GRACE):
+                if not loop.is_running():
+                    close(unwatched=True)
+                    return
 
         threading.Thread(target=after_connect, name="mqtt-close", daemon=True).start()
+
+    # A SUBACK or UNSUBACK after its caller stopped waiting (a timeout on a slow link, a
+    # cancelled session) is expected: aiomqtt logs it as an error with a traceback.
+    def _on_subscribe(
+        self,
+        client: Any,  # noqa: ANN401
+        userdata: Any,  # noqa: ANN401
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None = None,
+    ) -> None:
+        if mid not in self._pending_subscribes:
+            log.info("SUBACK %d came after its subscribe gave up", mid)
+            return
+        super()._on_subscribe(client, userdata, mid, reason_codes, properties)
+
+    def _on_unsubscribe(
+        self,
+        client: Any,  # noqa: ANN401
+        userdata: Any,  # noqa: ANN401
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None = None,
+    ) -> None:
+        if mid not in self._pending_unsubscribes:
+            log.info("UNSUBACK %d came after its unsubscribe gave up", mid)
+            return
+        super()._on_unsubscribe(client, userdata, mid, reason_codes, properties)
