@@ -14,12 +14,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
-from node_image.agent import clock, daemon, firstboot, memory, seedsource
+from node_image.agent import clock, firstboot, memory, network, seedsource
 from node_image.agent import seed as seed_mod
-from node_image.agent.context import ReconcileContext, run_reconcile
-from node_image.agent.install import install_if_seeded
-from node_image.agent.reconcilers import build
+from node_image.agent.settings import AgentSettings
 from node_image.agent.state import CorruptStateFile, StateDir
 from node_image.agent.transport import Backoff
 from node_image.boot import BootLayout, RebootRequested
@@ -34,7 +33,13 @@ from node_image.host import (
     LinuxHost,
     SimulatedHost,
 )
-from registration.desired import Condition, Spec
+
+if TYPE_CHECKING:
+    from node_image.agent import daemon
+
+# A first boot registers before it loads the daemon, its reconcilers and MQTT (imported in
+# the functions that use them): under emulation that is seconds of the boot-to-registered
+# time, and the agent re-executes after registering anyway.
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +105,7 @@ def register_first(args: argparse.Namespace, state: StateDir, host: Host) -> boo
     loads (cryptography, pyudev, the facts) stays resident in a Python process once imported,
     and the agent that runs for months starts afresh without it, like every later boot.
     """
-    settings = daemon.AgentSettings
-    backoff = Backoff(5.0, settings.register_backoff_cap, settings.jitter)
+    backoff = Backoff(5.0, AgentSettings.register_backoff_cap, AgentSettings.jitter)
     previous = {s: signal.signal(s, _stop) for s in (signal.SIGTERM, signal.SIGINT)}
     log.info("not registered: looking for the seed")
     try:
@@ -111,6 +115,7 @@ def register_first(args: argparse.Namespace, state: StateDir, host: Host) -> boo
         assert found is not None  # noqa: S101 - without a stop event it waits until found
         firstboot.prepare(found.seed, host)
         while True:
+            network.wait_for_route(found.seed.server)
             try:
                 result = firstboot.register_once(found.seed, state, host, args.time_sync_wait)
             except CorruptStateFile:
@@ -145,6 +150,10 @@ def make_host(args: argparse.Namespace) -> Host:
 def cmd_reconcile(args: argparse.Namespace) -> int:
     """One pass of every reconciler over a spec file, without a server; prints the
     conditions as JSON, or ``{"rebooting": true}`` when a reconciler rebooted the host."""
+    from node_image.agent.context import ReconcileContext, run_reconcile
+    from node_image.agent.reconcilers import build
+    from registration.desired import Condition, Spec
+
     host = make_host(args)
     state = StateDir(Path(args.state_dir), fsync=host.durable)
     state.ensure()
@@ -181,16 +190,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         # The same process (pid, systemd unit), started anew now that it has an identity.
         argv = [sys.executable, "-m", "node_image.agent.cli", *args.argv]
         os.execv(sys.executable, argv)  # noqa: S606 - this very program, its own arguments
+    from node_image.agent import daemon
+    from node_image.agent.install import install_if_seeded
+
     try:
         install_if_seeded(args.seed, state, host)
     except RebootRequested:
         log.warning("the machine is rebooting into the installed system; the agent exits")
         return 0
-    settings = daemon.AgentSettings(
+    settings = AgentSettings(
         poll_interval=args.poll_interval,
-        poll_interval_connected=max(
-            args.poll_interval, daemon.AgentSettings.poll_interval_connected
-        ),
+        poll_interval_connected=max(args.poll_interval, AgentSettings.poll_interval_connected),
         mqtt=not args.no_mqtt,
     )
     agent = daemon.Agent(state.root, host, None, settings)
@@ -238,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--poll-interval",
         type=float,
-        default=daemon.AgentSettings.poll_interval,
+        default=AgentSettings.poll_interval,
         help="seconds between spec pulls while MQTT is down (default %(default)s)",
     )
     run.add_argument("--no-mqtt", action="store_true", help="poll over HTTPS only")

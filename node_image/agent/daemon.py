@@ -35,22 +35,14 @@ from pydantic import ValidationError
 
 from node_image.agent import clock, memory
 from node_image.agent.context import ReconcileContext, Supersede, run_reconcile
+from node_image.agent.mqtt import ChannelDown, MqttChannel, MqttSettings
 from node_image.agent.outbox import Outbox
-from node_image.agent.reconcilers import Reconciler, build
+from node_image.agent.reconcilers import REGISTRY, Reconciler, build
 from node_image.agent.renew import keep_renewed
 from node_image.agent.seed import Seed
 from node_image.agent.settings import AgentSettings, AgentStatus, Identity
 from node_image.agent.state import StateDir, read_json
-from node_image.agent.transport import (
-    ApiClient,
-    ApiError,
-    Backoff,
-    ChannelDown,
-    MqttChannel,
-    MqttSettings,
-    client_tls,
-    jittered,
-)
+from node_image.agent.transport import ApiClient, ApiError, Backoff, client_tls, jittered
 from node_image.agent.worker import Link, Pass, Timers, wait_event
 from node_image.boot import RebootRequested
 from node_image.errors import AgentError
@@ -84,7 +76,8 @@ class Agent:
         self.state = StateDir(state_dir, fsync=host.durable)
         self._seed = seed
         self._identity: Identity | None = None
-        self._reconcilers: list[Reconciler] = build(self.state, self.settings.reconcilers)
+        registry = self.settings.reconcilers or REGISTRY
+        self._reconcilers: list[Reconciler] = build(self.state, registry)
         self._link: Link | None = None
         self._spec: SpecDocument | None = None
         self._etag: str | None = None

@@ -1,12 +1,21 @@
-"""A static address from the seed (``seed.network``), applied before registering.
+"""The network before registering: a static address from the seed (``seed.network``), and
+a wait for a route to the server.
 
-It becomes a systemd-networkd file matching the seed's interface names or globs; networkd
-is then told to reload. Without ``network`` in the seed the image's DHCP setup stays.
+The static address becomes a systemd-networkd file matching the seed's interface names or
+globs; networkd is then told to reload. Without ``network`` in the seed the image's DHCP
+setup stays.
+
+The agent starts without waiting for ``network-online.target``: it loads what registering
+takes while DHCP runs, then waits here for a route to the server (a lookup, no packet sent)
+rather than fail its first attempts and back off.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
+import time
+from urllib.parse import urlsplit
 
 from node_image.commands import CommandError
 from node_image.host import Host
@@ -51,3 +60,44 @@ def apply(host: Host, network: Network) -> bool:
         # networkd not running yet (or at all): it reads the file when it starts.
         log.warning("static network written, but networkd not reloaded: %s", e)
     return True
+
+
+#: How often :func:`wait_for_route` looks again, and how often it says it is still waiting.
+ROUTE_POLL = 0.25
+ROUTE_LOG_EVERY = 300.0
+
+
+def no_route(url: str) -> str | None:
+    """Why this machine cannot reach the host of ``url`` yet (no address for its name, no
+    route), or None when it can try. A UDP ``connect`` looks the route up and sends nothing."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "", parts.port or 443
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    except socket.gaierror as e:
+        return f"{host} does not resolve: {e.strerror}"
+    reason = f"{host}: no address"
+    for family, kind, proto, _, address in found:
+        with socket.socket(family, kind, proto) as probe:
+            try:
+                probe.connect(address)
+            except OSError as e:
+                reason = f"no route to {address[0]}: {e.strerror}"
+                continue
+        return None
+    return reason
+
+
+def wait_for_route(url: str) -> None:
+    """Return once the server of ``url`` is routable, saying so when it had to wait."""
+    started = logged = time.monotonic()
+    reason = no_route(url)
+    if reason is None:
+        return
+    log.info("waiting for the network (%s)", reason)
+    while (reason := no_route(url)) is not None:
+        time.sleep(ROUTE_POLL)
+        if time.monotonic() - logged >= ROUTE_LOG_EVERY:
+            logged = time.monotonic()
+            log.info("still waiting for the network (%s)", reason)
+    log.info("network up after %.1fs", time.monotonic() - started)

@@ -27,8 +27,9 @@ import datetime as dt
 import logging
 from dataclasses import dataclass
 
+from node_image.agent.mqtt import MqttChannel
 from node_image.agent.state import StateDir
-from node_image.agent.transport import ApiClient, Backoff, MqttChannel
+from node_image.agent.transport import ApiClient, Backoff
 from node_image.errors import AgentError
 
 log = logging.getLogger(__name__)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from node_image.agent.reconcilers import REGISTRY, ReconcilerFactory
 from node_image.agent.state import StateDir
 from node_image.errors import AgentError
-from registration.desired import Condition
+
+if TYPE_CHECKING:  # the settings load without them: a first boot registers before it needs them
+    from node_image.agent.reconcilers import ReconcilerFactory
+    from registration.desired import Condition
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,8 @@ class AgentSettings:
     http_timeout: float = 30.0
     #: Status events per batch (the protocol allows 1000).
     batch_size: int = 500
-    reconcilers: tuple[ReconcilerFactory, ...] = REGISTRY
+    #: None: every reconciler (``node_image.agent.reconcilers.REGISTRY``).
+    reconcilers: tuple[ReconcilerFactory, ...] | None = None
 
 
 @dataclass(frozen=True)

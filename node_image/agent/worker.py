@@ -10,9 +10,10 @@ import time
 from dataclasses import dataclass
 
 from node_image.agent.context import Supersede
+from node_image.agent.mqtt import MqttChannel
 from node_image.agent.outbox import Outbox
 from node_image.agent.settings import Identity
-from node_image.agent.transport import ApiClient, Backoff, MqttChannel
+from node_image.agent.transport import ApiClient, Backoff
 from node_image.boot import RebootRequested
 
 __all__ = ["Link", "Pass", "Timers", "wait_event"]

@@ -20,7 +20,7 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from node_image.agent.transport import MqttClient
+from node_image.agent.mqtt import MqttClient
 from registration import identity
 from registration.mqtt import ClosingClient
 
