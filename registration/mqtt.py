@@ -1,11 +1,18 @@
-"""The MQTT client that the server and the agent both use: aiomqtt's, closing its socket
-when a connect fails, and quiet about acknowledgements that come after their caller left.
+"""The MQTT client that the server and the agent both use: aiomqtt's (pinned), with three
+fixes of its socket handling.
 
-aiomqtt raises when the CONNACK does not come in time, and stops waiting when the connect
-is cancelled, but leaves paho's socket open: paho closes it only when it reads an error or
-the broker's close. Each such connect kept a TLS socket and its descriptor until the garbage
-collector found the client: on a device with a bad link, in the server's reconnect and
-session take-over, and in a test suite whose exit found one.
+- aiomqtt raises when the CONNACK does not come in time, and stops waiting when the connect
+  is cancelled, but leaves paho's socket open: paho closes it only when it reads an error or
+  the broker's close. Each such connect kept a TLS socket and its descriptor until the
+  garbage collector found the client: on a device with a bad link, in the server's
+  reconnect and session take-over, and in a test suite whose exit found one.
+- aiomqtt asks the loop to watch paho's socket through ``call_soon_threadsafe``: the request
+  runs later, by when paho may have closed the socket (a lost connection read in the same
+  loop pass as a publish), and the loop then watched a closed descriptor ("Bad file
+  descriptor" from ``add_writer``) or one reused by another connection. Here a request runs
+  only if its socket is still paho's.
+- A SUBACK or UNSUBACK that comes after its caller gave up is logged at info, not as an
+  error with a traceback.
 """
 
 from __future__ import annotations
@@ -76,6 +83,43 @@ class ClosingClient(aiomqtt.Client):
                     return
 
         threading.Thread(target=after_connect, name="mqtt-close", daemon=True).start()
+
+    # The loop watches paho's socket only while it is paho's: aiomqtt's callbacks (2.x), with
+    # the registration checked when the loop runs it rather than when paho asked for it.
+    def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:  # noqa: ANN401
+        def read() -> None:
+            try:
+                while True:
+                    client.loop_read()
+                    # loop_read does not always consume every decoded byte of an SSLSocket
+                    pending = getattr(client._sock, "pending", None)  # noqa: SLF001
+                    if pending is not None and pending() > 0:
+                        continue
+                    break
+            except Exception as exc:  # noqa: BLE001 - the connection broke: end it
+                if not self._disconnected.done():
+                    self._disconnected.set_exception(exc)
+
+        def watch() -> None:
+            if client.socket() is sock:
+                self._loop.add_reader(sock.fileno(), read)
+                self._misc_task = self._loop.create_task(self._misc_loop())
+
+        self._loop.call_soon_threadsafe(watch)
+
+    def _on_socket_register_write(self, client: Any, userdata: Any, sock: Any) -> None:  # noqa: ANN401
+        def write() -> None:
+            try:
+                client.loop_write()
+            except Exception as exc:  # noqa: BLE001 - the connection broke: end it
+                if not self._disconnected.done():
+                    self._disconnected.set_exception(exc)
+
+        def watch() -> None:
+            if client.socket() is sock:
+                self._loop.add_writer(sock.fileno(), write)
+
+        self._loop.call_soon_threadsafe(watch)
 
     # A SUBACK or UNSUBACK after its caller stopped waiting (a timeout on a slow link, a
     # cancelled session) is expected: aiomqtt logs it as an error with a traceback.

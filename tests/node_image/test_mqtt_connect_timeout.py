@@ -10,6 +10,7 @@ kept a socket and its file descriptor until the garbage collector found the clie
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import ssl
@@ -226,6 +227,47 @@ async def test_an_acknowledgement_after_its_caller_gave_up_is_not_an_error(
         assert not errors, caplog.text
         assert "SUBACK 1 came after its subscribe gave up" in caplog.text
     finally:
+        for writer in writers:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_connection_lost_before_the_loop_watches_its_write_is_not_watched(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A publish asks the loop (through ``call_soon_threadsafe``) to watch the socket for
+    writing; the connection is lost in the same loop pass (paho read the broker's close and
+    closed the socket). aiomqtt's request then ran on the closed descriptor: "Bad file
+    descriptor" from ``add_writer`` in ``corral demo``, or another connection's socket when
+    the number was reused."""
+    serving = broker_tls(tmp_path)
+    writers: list[asyncio.StreamWriter] = []
+
+    async def accepting(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        try:
+            first, length = await reader.readexactly(2)
+            await reader.readexactly(length)
+            writer.write(b"\x20\x02\x00\x00")  # CONNACK, accepted
+            await writer.drain()
+            await reader.read()  # then nothing more
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+
+    server = await asyncio.start_server(accepting, "127.0.0.1", 0, ssl=serving)
+    client = client_to(tmp_path, server.sockets[0].getsockname()[1], "dev-lost", 5)
+    caplog.set_level(logging.ERROR, logger="asyncio")
+    try:
+        await client.__aenter__()
+        paho = client._client
+        paho.publish("corral/devices/dev-lost/status", b"{}", qos=1)  # the write is requested
+        paho._sock_close()  # the connection lost before the loop runs the request
+        await asyncio.sleep(0.3)
+        assert not [r for r in caplog.records if r.name == "asyncio"], caplog.text
+    finally:
+        with contextlib.suppress(aiomqtt.MqttError):
+            await client.__aexit__(None, None, None)
         for writer in writers:
             writer.close()
         server.close()

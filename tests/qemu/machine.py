@@ -46,7 +46,7 @@ def user_net(ports: Sequence[int]) -> str:
 
 
 Firmware = Literal["bios", "uefi"]
-Medium = Literal["cdrom", "disk"]
+Medium = Literal["cdrom", "disk", "usb"]
 
 
 @dataclass
@@ -90,9 +90,15 @@ class Machine:
         if self.medium == "cdrom":
             argv += ["-drive", f"file={self.image},media=cdrom,readonly=on,if=ide,index=2"]
             argv += ["-boot", "order=d"]
+        elif self.medium == "usb":
+            # A USB stick on an xHCI controller: the hybrid ISO's bytes as `dd` writes them.
+            # The guest's writes go to a temp overlay (snapshot=on): the image never changes.
+            argv += ["-device", "qemu-xhci,id=xhci"]
+            argv += ["-drive", f"file={self.image},format=raw,if=none,id=stick,snapshot=on"]
+            argv += ["-device", "usb-storage,bus=xhci.0,drive=stick,bootindex=0"]
         else:
-            # A USB stick: the hybrid ISO's bytes as a raw disk (as `dd` writes it). The
-            # guest's writes go to a temp overlay (snapshot=on): the image is never changed.
+            # The hybrid ISO's bytes as a raw (SATA-style) disk, as `dd` writes them; the
+            # guest's writes go to a temp overlay (snapshot=on).
             argv += ["-drive", f"file={self.image},format=raw,if=ide,index=0,snapshot=on"]
             argv += ["-boot", "order=c"]
         if self.extra_disk_mb is not None:
