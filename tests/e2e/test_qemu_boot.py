@@ -1,7 +1,7 @@
 """The node image on a real (virtual) machine: a base ISO built by ``corral image build-base``,
 seeded for a token of a real server on 127.0.0.1, booted in QEMU (TCG), registers and shows
 online with the machine's own facts, under SeaBIOS from a CD and under OVMF (UEFI) from a
-USB-style raw disk.
+USB stick (the ISO's bytes on ``usb-storage`` behind a ``qemu-xhci`` controller).
 
 The base ISO comes from the build cache (``~/.cache/corral``; a cold build takes minutes).
 A failed boot keeps its serial console log under ``qemu-logs/`` in pytest's temp root.
@@ -140,8 +140,8 @@ def test_the_initramfs_has_the_boot_media_drivers_and_no_network_filesystems(
     # The SeaBIOS boot also starts at 1970 (a board without an RTC): systemd moves the clock
     # to its own build date at most, still before the image's, so the agent must find the
     # clock impossible, take the time from the server over the pinned CA and register.
-    [("bios", "cdrom", "1970-01-01"), ("uefi", "disk", None)],
-    ids=["seabios-cd-clock-1970", "ovmf-usb-disk"],
+    [("bios", "cdrom", "1970-01-01"), ("uefi", "usb", None)],
+    ids=["seabios-cd-clock-1970", "ovmf-usb-stick"],
 )
 def test_seeded_iso_boots_registers_and_shows_online_with_the_machines_facts(
     base_iso: Path,
