@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from node_image.agent import clock, firstboot, memory, network, seedsource
 from node_image.agent import seed as seed_mod
-from node_image.agent.settings import AgentSettings
+from node_image.agent.settings import AgentSettings, Identity
 from node_image.agent.state import CorruptStateFile, StateDir
 from node_image.agent.transport import Backoff
 from node_image.boot import BootLayout, RebootRequested
@@ -198,6 +198,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except RebootRequested:
         log.warning("the machine is rebooting into the installed system; the agent exits")
         return 0
+    identity = Identity.load(state)
+    if identity is not None:
+        network.wait_for_route(identity.api, network.ROUTE_WAIT)
     settings = AgentSettings(
         poll_interval=args.poll_interval,
         poll_interval_connected=max(args.poll_interval, AgentSettings.poll_interval_connected),

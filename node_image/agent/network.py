@@ -5,9 +5,11 @@ The static address becomes a systemd-networkd file matching the seed's interface
 globs; networkd is then told to reload. Without ``network`` in the seed the image's DHCP
 setup stays.
 
-The agent starts without waiting for ``network-online.target``: it loads what registering
-takes while DHCP runs, then waits here for a route to the server (a lookup, no packet sent)
-rather than fail its first attempts and back off.
+The agent starts without waiting for ``network-online.target``: it loads what it needs while
+DHCP runs, then waits here for a route to the server (a lookup, no packet sent) rather than
+fail its first attempts and back off: before registering for as long as it takes, and before
+the daemon's first contact for up to ``ROUTE_WAIT`` (longer than DHCP takes; the daemon copes
+without a network, retrying with backoff).
 """
 
 from __future__ import annotations
@@ -65,6 +67,8 @@ def apply(host: Host, network: Network) -> bool:
 #: How often :func:`wait_for_route` looks again, and how often it says it is still waiting.
 ROUTE_POLL = 0.25
 ROUTE_LOG_EVERY = 300.0
+#: How long a registered agent waits for a route before its daemon starts anyway.
+ROUTE_WAIT = 30.0
 
 
 def no_route(url: str) -> str | None:
@@ -88,16 +92,22 @@ def no_route(url: str) -> str | None:
     return reason
 
 
-def wait_for_route(url: str) -> None:
-    """Return once the server of ``url`` is routable, saying so when it had to wait."""
+def wait_for_route(url: str, limit: float | None = None) -> bool:
+    """Return once the server of ``url`` is routable (True), saying so when it had to wait,
+    or after ``limit`` seconds without (False)."""
     started = logged = time.monotonic()
     reason = no_route(url)
     if reason is None:
-        return
+        return True
     log.info("waiting for the network (%s)", reason)
     while (reason := no_route(url)) is not None:
+        now = time.monotonic()
+        if limit is not None and now - started >= limit:
+            log.info("no network after %.0fs (%s): going on without", now - started, reason)
+            return False
         time.sleep(ROUTE_POLL)
-        if time.monotonic() - logged >= ROUTE_LOG_EVERY:
-            logged = time.monotonic()
+        if now - logged >= ROUTE_LOG_EVERY:
+            logged = now
             log.info("still waiting for the network (%s)", reason)
     log.info("network up after %.1fs", time.monotonic() - started)
+    return True

@@ -20,8 +20,8 @@ WAIT = """
 import logging, sys
 from node_image.agent import network
 logging.basicConfig(level=logging.INFO, format="%(message)s")
-network.wait_for_route(sys.argv[1])
-print("routable", flush=True)
+limit = float(sys.argv[2]) if len(sys.argv) > 2 else None
+print("routable" if network.wait_for_route(sys.argv[1], limit) else "gave up", flush=True)
 """
 
 
@@ -64,3 +64,17 @@ def test_a_routable_server_is_not_waited_for(lab: Lab) -> None:
     )
     assert result.stdout.startswith("routable"), result.stderr
     assert "waiting for the network" not in result.stderr
+
+
+def test_a_registered_agent_gives_up_waiting_after_its_limit(lab: Lab) -> None:
+    """A registered device with no network still starts its daemon (which retries)."""
+    agent = lab.agents[0]
+    agent.run(["ip", "address", "flush", "dev", agent.iface])
+    result = agent.run(
+        [sys.executable, "-c", WAIT, f"https://{lab.server.address}:8443/", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.stdout.startswith("gave up"), (result.stdout, result.stderr)
+    assert "no network after 1s" in result.stderr, result.stderr
