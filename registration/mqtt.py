@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Container
 from typing import Any, Self
 
 import aiomqtt
@@ -131,10 +132,8 @@ class ClosingClient(aiomqtt.Client):
         reason_codes: list[ReasonCode],
         properties: Properties | None = None,
     ) -> None:
-        if mid not in self._pending_subscribes:
-            log.info("SUBACK %d came after its subscribe gave up", mid)
-            return
-        super()._on_subscribe(client, userdata, mid, reason_codes, properties)
+        if not _late("SUBACK", mid, self._pending_subscribes):
+            super()._on_subscribe(client, userdata, mid, reason_codes, properties)
 
     def _on_unsubscribe(
         self,
@@ -144,7 +143,13 @@ class ClosingClient(aiomqtt.Client):
         reason_codes: list[ReasonCode],
         properties: Properties | None = None,
     ) -> None:
-        if mid not in self._pending_unsubscribes:
-            log.info("UNSUBACK %d came after its unsubscribe gave up", mid)
-            return
-        super()._on_unsubscribe(client, userdata, mid, reason_codes, properties)
+        if not _late("UNSUBACK", mid, self._pending_unsubscribes):
+            super()._on_unsubscribe(client, userdata, mid, reason_codes, properties)
+
+
+def _late(packet: str, mid: int, pending: Container[int]) -> bool:
+    """True (and said at info) when no call waits for this acknowledgement any more."""
+    if mid in pending:
+        return False
+    log.info("%s %d came after its caller gave up", packet, mid)
+    return True

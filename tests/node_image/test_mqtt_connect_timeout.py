@@ -16,6 +16,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import aiomqtt
@@ -59,30 +60,113 @@ async def closed(client: ClosingClient) -> bool:
     return False
 
 
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+Accepted = list[asyncio.StreamWriter]
+
+
+@contextlib.asynccontextmanager
+async def tls_broker(tmp_path: Path, handle: Handler) -> AsyncIterator[tuple[int, Accepted]]:
+    """A TLS listener on 127.0.0.1 whose connections ``handle`` serves: its port, and the
+    connections it accepted. Packets here are short: their remaining length is one byte."""
+    serving = broker_tls(tmp_path)
+    accepted: Accepted = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+        try:
+            await handle(reader, writer)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return  # the client went
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=serving)
+    try:
+        yield server.sockets[0].getsockname()[1], accepted
+    finally:
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def connack(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Reads the CONNECT and accepts it."""
+    _, length = await reader.readexactly(2)
+    await reader.readexactly(length)
+    writer.write(b"\x20\x02\x00\x00")
+    await writer.drain()
+
+
+class HeldHandshake:
+    """A listener (its own thread) that accepts one connection, then holds the TLS handshake
+    until :meth:`release`: the client's connect thread is still connecting meanwhile."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self._serving = broker_tls(tmp_path)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self.accepted, self._released = threading.Event(), threading.Event()
+        self.held: list[ssl.SSLSocket] = []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        conn, _ = self._listener.accept()
+        self.accepted.set()
+        self._released.wait(30)
+        self.held.append(self._serving.wrap_socket(conn, server_side=True))
+
+    def release(self) -> None:
+        self._released.set()
+
+    def handshake_done(self, timeout: float = 5.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self.held and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return bool(self.held)
+
+
+@contextlib.contextmanager
+def held_handshake(tmp_path: Path) -> Iterator[HeldHandshake]:
+    broker = HeldHandshake(tmp_path)
+    broker._thread.start()
+    try:
+        yield broker
+    finally:
+        broker.release()
+        broker._thread.join(10)
+        broker._listener.close()
+        for conn in broker.held:
+            conn.close()
+
+
+async def connect_then_cancel(client: ClosingClient, broker: HeldHandshake) -> None:
+    """Starts the connect, and cancels it once the broker has accepted (the connect's thread
+    is then inside the TLS handshake)."""
+
+    async def connect() -> None:
+        async with client:
+            pass
+
+    task = asyncio.create_task(connect())
+    assert await asyncio.to_thread(broker.accepted.wait, 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
 @pytest.mark.parametrize("client_class", [MqttClient, ClosingClient])
 async def test_a_connect_that_times_out_closes_its_socket(
     tmp_path: Path, client_class: type[ClosingClient]
 ) -> None:
-    serving = broker_tls(tmp_path)
-    held: list[asyncio.StreamWriter] = []
-
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        held.append(writer)  # TLS done, the CONNECT read and never answered
+        await reader.read()  # TLS done, the CONNECT read and never answered
 
-    server = await asyncio.start_server(silent, "127.0.0.1", 0, ssl=serving)
-    port = server.sockets[0].getsockname()[1]
-    client = client_to(tmp_path, port, "dev-silent", 1, client_class)
-    try:
+    async with tls_broker(tmp_path, silent) as (port, accepted):
+        client = client_to(tmp_path, port, "dev-silent", 1, client_class)
         with pytest.raises(aiomqtt.MqttError, match="timed out"):
             async with client:
                 pass
-        assert held, "the client never connected"
+        assert accepted, "the client never connected"
         assert await closed(client)  # closed, not left to the garbage collector
-    finally:
-        for writer in held:
-            writer.close()
-        server.close()
-        await server.wait_closed()
 
 
 async def test_a_connect_cancelled_in_its_thread_closes_the_socket_once_connected(
@@ -91,48 +175,16 @@ async def test_a_connect_cancelled_in_its_thread_closes_the_socket_once_connecte
     """The connect runs in an executor thread that a cancel does not stop: it goes on to open
     the socket and ask the loop to watch it. The close must come after that, or the loop
     watches a closed (or reused) descriptor."""
-    serving = broker_tls(tmp_path)
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    accepted, release, held = threading.Event(), threading.Event(), []
-
-    def broker() -> None:  # accepts, then holds the TLS handshake until released
-        conn, _ = listener.accept()
-        accepted.set()
-        release.wait(30)
-        held.append(serving.wrap_socket(conn, server_side=True))
-
-    thread = threading.Thread(target=broker, daemon=True)
-    thread.start()
-    client = client_to(tmp_path, port, "dev-cancelled", 30)
-
-    async def connect() -> None:
-        async with client:
-            pass
-
     caplog.set_level(logging.ERROR, logger="asyncio")
-    try:
-        task = asyncio.create_task(connect())
-        assert await asyncio.to_thread(accepted.wait, 10)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        release.set()  # the handshake completes; paho sends CONNECT from the thread
-        for _ in range(100):
-            if held:
-                break
-            await asyncio.sleep(0.05)
-        assert held, "the broker never completed the handshake"
-        await asyncio.to_thread(client._connect_returned.wait, 10)
+    with held_handshake(tmp_path) as broker:
+        client = client_to(tmp_path, broker.port, "dev-cancelled", 30)
+        await connect_then_cancel(client, broker)
+        broker.release()  # the handshake completes; paho sends CONNECT from the thread
+        assert await asyncio.to_thread(broker.handshake_done), "the handshake never completed"
+        assert await asyncio.to_thread(client._connect_returned.wait, 10)
         assert await closed(client)
         await asyncio.sleep(0.2)  # any stale reader or writer callback would run now
         assert not [r for r in caplog.records if r.name == "asyncio"], caplog.text
-    finally:
-        release.set()
-        thread.join(10)
-        listener.close()
-        for conn in held:
-            conn.close()
 
 
 def test_a_cancelled_connect_whose_loop_stopped_closes_its_socket_itself(
@@ -141,52 +193,29 @@ def test_a_cancelled_connect_whose_loop_stopped_closes_its_socket_itself(
     """The loop that should run the close stopped (its owner, e.g. a test, ended) before the
     connect's thread returned: nothing watches the socket, so the close happens off the loop."""
     monkeypatch.setattr("registration.mqtt.CLOSE_GRACE", 0.2)
-    serving = broker_tls(tmp_path)
-    listener = socket.create_server(("127.0.0.1", 0))
-    accepted, release, held = threading.Event(), threading.Event(), []
-
-    def broker() -> None:
-        conn, _ = listener.accept()
-        accepted.set()
-        release.wait(30)
-        held.append(serving.wrap_socket(conn, server_side=True))
-
-    thread = threading.Thread(target=broker, daemon=True)
-    thread.start()
     loop = asyncio.new_event_loop()
     try:
+        with held_handshake(tmp_path) as broker:
 
-        async def connect_then_cancel() -> ClosingClient:
-            client = client_to(tmp_path, listener.getsockname()[1], "dev-stopped", 30)
+            async def cancelled() -> ClosingClient:
+                client = client_to(tmp_path, broker.port, "dev-stopped", 30)
+                await connect_then_cancel(client, broker)
+                return client
 
-            async def connect() -> None:
-                async with client:
-                    pass
+            client = loop.run_until_complete(cancelled())  # then the loop stops
+            broker.release()
+            assert broker.handshake_done(), "the handshake never completed"
+            assert client._connect_returned.wait(10)
 
-            task = asyncio.create_task(connect())
-            assert await asyncio.to_thread(accepted.wait, 10)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            return client
+            def socket_closed() -> bool:
+                sock = client._client.socket()
+                return sock is None or sock.fileno() == -1
 
-        client = loop.run_until_complete(connect_then_cancel())  # then the loop stops
-        release.set()
-        assert client._connect_returned.wait(10)
-        for _ in range(100):
-            sock = client._client.socket()
-            if held and (sock is None or sock.fileno() == -1):
-                break
-            time.sleep(0.05)
-        assert held, "the broker never completed the handshake"
-        sock = client._client.socket()
-        assert sock is None or sock.fileno() == -1, sock
+            deadline = time.monotonic() + 5
+            while not socket_closed() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert socket_closed(), client._client.socket()
     finally:
-        release.set()
-        thread.join(10)
-        listener.close()
-        for conn in held:
-            conn.close()
         loop.close()
 
 
@@ -195,42 +224,28 @@ async def test_an_acknowledgement_after_its_caller_gave_up_is_not_an_error(
 ) -> None:
     """A SUBACK that comes after the subscribe timed out (a slow link, a loaded broker): aiomqtt
     logged it as an error with a traceback; the session goes on."""
-    serving = broker_tls(tmp_path)
-    writers: list[asyncio.StreamWriter] = []
 
-    async def slow_broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writers.append(writer)
-        try:
-            while True:  # packets here are short: their remaining length is one byte
-                first, length = await reader.readexactly(2)
-                body = await reader.readexactly(length)
-                if first >> 4 == 1:  # CONNECT: accepted
-                    writer.write(b"\x20\x02\x00\x00")
-                elif first >> 4 == 8:  # SUBSCRIBE: acknowledged late, granted QoS 1
-                    await asyncio.sleep(1.5)
-                    writer.write(b"\x90\x03" + body[:2] + b"\x01")
-                elif first >> 4 == 12:  # PINGREQ
-                    writer.write(b"\xd0\x00")
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            return  # the client went
+    async def slow_suback(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await connack(reader, writer)
+        while True:
+            first, length = await reader.readexactly(2)
+            body = await reader.readexactly(length)
+            if first >> 4 == 8:  # SUBSCRIBE: acknowledged late, granted QoS 1
+                await asyncio.sleep(1.5)
+                writer.write(b"\x90\x03" + body[:2] + b"\x01")
+            elif first >> 4 == 12:  # PINGREQ
+                writer.write(b"\xd0\x00")
+            await writer.drain()
 
-    server = await asyncio.start_server(slow_broker, "127.0.0.1", 0, ssl=serving)
-    client = client_to(tmp_path, server.sockets[0].getsockname()[1], "dev-late", 5)
     caplog.set_level(logging.INFO)
-    try:
-        async with client:
+    async with tls_broker(tmp_path, slow_suback) as (port, _):
+        async with client_to(tmp_path, port, "dev-late", 5) as client:
             with pytest.raises(aiomqtt.MqttError, match="timed out"):
                 await client.subscribe("corral/devices/dev-late/nudge", qos=1, timeout=0.5)
             await asyncio.sleep(2)  # the SUBACK arrives
-        errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
-        assert not errors, caplog.text
-        assert "SUBACK 1 came after its subscribe gave up" in caplog.text
-    finally:
-        for writer in writers:
-            writer.close()
-        server.close()
-        await server.wait_closed()
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, caplog.text
+    assert "SUBACK 1 came after its caller gave up" in caplog.text
 
 
 async def test_a_connection_lost_before_the_loop_watches_its_write_is_not_watched(
@@ -241,34 +256,21 @@ async def test_a_connection_lost_before_the_loop_watches_its_write_is_not_watche
     closed the socket). aiomqtt's request then ran on the closed descriptor: "Bad file
     descriptor" from ``add_writer`` in ``corral demo``, or another connection's socket when
     the number was reused."""
-    serving = broker_tls(tmp_path)
-    writers: list[asyncio.StreamWriter] = []
 
     async def accepting(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writers.append(writer)
-        try:
-            first, length = await reader.readexactly(2)
-            await reader.readexactly(length)
-            writer.write(b"\x20\x02\x00\x00")  # CONNACK, accepted
-            await writer.drain()
-            await reader.read()  # then nothing more
-        except (asyncio.IncompleteReadError, ConnectionError):
-            return
+        await connack(reader, writer)
+        await reader.read()
 
-    server = await asyncio.start_server(accepting, "127.0.0.1", 0, ssl=serving)
-    client = client_to(tmp_path, server.sockets[0].getsockname()[1], "dev-lost", 5)
     caplog.set_level(logging.ERROR, logger="asyncio")
-    try:
+    async with tls_broker(tmp_path, accepting) as (port, _):
+        client = client_to(tmp_path, port, "dev-lost", 5)
         await client.__aenter__()
-        paho = client._client
-        paho.publish("corral/devices/dev-lost/status", b"{}", qos=1)  # the write is requested
-        paho._sock_close()  # the connection lost before the loop runs the request
-        await asyncio.sleep(0.3)
-        assert not [r for r in caplog.records if r.name == "asyncio"], caplog.text
-    finally:
-        with contextlib.suppress(aiomqtt.MqttError):
-            await client.__aexit__(None, None, None)
-        for writer in writers:
-            writer.close()
-        server.close()
-        await server.wait_closed()
+        try:
+            paho = client._client
+            paho.publish("corral/devices/dev-lost/status", b"{}", qos=1)  # write requested
+            paho._sock_close()  # the connection lost before the loop runs the request
+            await asyncio.sleep(0.3)
+            assert not [r for r in caplog.records if r.name == "asyncio"], caplog.text
+        finally:
+            with contextlib.suppress(aiomqtt.MqttError):
+                await client.__aexit__(None, None, None)
