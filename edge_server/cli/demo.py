@@ -14,6 +14,7 @@ import contextlib
 import logging
 import signal
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from aiohttp import web
@@ -90,6 +91,13 @@ DEMO_ACTOR = Actor("demo")
 #: disconnect) before their tasks are cancelled. One stuck device kept a demo running for
 #: more than half an hour after SIGTERM on a loaded machine.
 STOP_TIMEOUT = 60.0
+#: Worker threads per simulated device. Each agent does its blocking work (HTTPS calls with
+#: 30 s timeouts, registration, state files) through the loop's default executor, which has
+#: min(32, cores + 4) threads: 6 here, for 50 devices. Calls then queued behind each other
+#: for as long as their timeouts, and statuses went unacknowledged; a real device has its
+#: own machine. The agent's own process uses 2 (``node_image.agent.cli.run_agent``).
+THREADS_PER_DEVICE = 2
+MAX_THREADS = 256
 
 
 async def _prepare_fleet(app: web.Application, count: int) -> str:
@@ -111,6 +119,12 @@ async def demo(settings: Settings, count: int) -> None:
     from node_image.host import SimulatedHost
     from registration import tokens
 
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(
+        ThreadPoolExecutor(
+            max_workers=min(MAX_THREADS, 8 + THREADS_PER_DEVICE * count), thread_name_prefix="demo"
+        )
+    )
     app = create_app(settings)
     runner = web.AppRunner(
         app, access_log=None, shutdown_timeout=10, logger=http_log, max_line_size=MAX_REQUEST_LINE
@@ -120,7 +134,6 @@ async def demo(settings: Settings, count: int) -> None:
     site = web.TCPSite(runner, settings.host or None, settings.port, ssl_context=ssl_context)
     await site.start()
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     agents: list[Agent] = []
