@@ -1,11 +1,12 @@
 """The MQTT client that the server and the agent both use: aiomqtt's (pinned), with three
 fixes of its socket handling.
 
-- aiomqtt raises when the CONNACK does not come in time, and stops waiting when the connect
-  is cancelled, but leaves paho's socket open: paho closes it only when it reads an error or
-  the broker's close. Each such connect kept a TLS socket and its descriptor until the
-  garbage collector found the client: on a device with a bad link, in the server's
-  reconnect and session take-over, and in a test suite whose exit found one.
+- aiomqtt raises when the CONNACK (or the broker's close after a DISCONNECT) does not come
+  in time, and stops waiting when the connect is cancelled, but leaves paho's socket open:
+  paho closes it only when it reads an error or the broker's close. Each such client kept a
+  TLS socket and its descriptor until the garbage collector found it: on a device with a
+  bad link, in the server's reconnect and session take-over, and in a test suite whose exit
+  found one.
 - aiomqtt asks the loop to watch paho's socket through ``call_soon_threadsafe``: the request
   runs later, by when paho may have closed the socket (a lost connection read in the same
   loop pass as a publish), and the loop then watched a closed descriptor ("Bad file
@@ -52,6 +53,16 @@ class ClosingClient(aiomqtt.Client):
         except BaseException:
             self._close_socket(asyncio.get_running_loop())
             raise
+
+    async def __aexit__(self, *exc_info: Any) -> None:  # noqa: ANN401
+        """aiomqtt's disconnect, then the socket closed whatever happened: aiomqtt raises when
+        the broker does not answer the DISCONNECT in time (a loaded broker, a dying link)
+        and leaves the socket open, as it does when the wait is cancelled."""
+        try:
+            await super().__aexit__(*exc_info)
+        finally:
+            if self._client.socket() is not None:
+                self._close_socket(asyncio.get_running_loop())
 
     def _close_socket(self, loop: asyncio.AbstractEventLoop) -> None:
         """paho's own close, which also unregisters the socket from the loop, run by the

@@ -274,3 +274,23 @@ async def test_a_connection_lost_before_the_loop_watches_its_write_is_not_watche
         finally:
             with contextlib.suppress(aiomqtt.MqttError):
                 await client.__aexit__(None, None, None)
+
+
+async def test_a_disconnect_the_broker_never_takes_still_closes_the_socket(
+    tmp_path: Path,
+) -> None:
+    """The broker stops reading (loaded, or its link died): the queued publishes fill the
+    socket, the DISCONNECT never goes out, and aiomqtt's exit times out, leaving paho's
+    socket open until the garbage collector found the client."""
+
+    async def deaf(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await connack(reader, writer)
+        await asyncio.sleep(60)  # reads nothing more
+
+    async with tls_broker(tmp_path, deaf) as (port, _):
+        client = client_to(tmp_path, port, "dev-deaf", 1)
+        with pytest.raises(aiomqtt.MqttError, match="timed out"):
+            async with client:
+                for _ in range(400):  # 25 MB: more than both sides' socket buffers hold
+                    client._client.publish("corral/devices/dev-deaf/status", bytes(65536))
+        assert await closed(client)
