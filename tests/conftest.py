@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,15 @@ def no_blocking_in_loop(request: pytest.FixtureRequest) -> Iterator[None]:
         return
     with blockbuster_ctx(["edge_server", "registration", "node_image"]):
         yield
+
+
+@pytest.fixture(autouse=True)
+def garbage_collected() -> Iterator[None]:
+    """A full collection after each test: what a test left unclosed in a reference cycle (a
+    socket, a file) warns in that test's teardown and fails it by name, not at the session's
+    end, where pytest's last collection found a socket and could not say whose it was."""
+    yield
+    gc.collect()
 
 
 def make_server(tmp_path: Path, broker: str = "embedded", **env: str) -> Server:
