@@ -8,14 +8,14 @@ from typing import Any
 
 import aiohttp
 
-from tests.support import Machine, Server
+from tests.support import Machine, Server, tls_connector
 
 
 async def register_all(
     server: Server, bodies: list[dict[str, Any]], during: Any = None
 ) -> list[tuple[int, dict[str, Any]]]:
     """Send every body at once, each on its own connection, as separate devices would."""
-    connector = aiohttp.TCPConnector(ssl=server.ssl_context(), limit=0, force_close=True)
+    connector = tls_connector(server, limit=0, force_close=True)
     async with aiohttp.ClientSession(connector=connector) as session:
 
         async def one(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -30,7 +30,7 @@ async def register_all(
 
 async def api(server: Server, method: str, path: str) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {server.admin_token}"}
-    connector = aiohttp.TCPConnector(ssl=server.ssl_context())
+    connector = tls_connector(server)
     async with (
         aiohttp.ClientSession(connector=connector, headers=headers) as session,
         session.request(method, server.url + path) as r,

@@ -10,8 +10,9 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp.connector import NEEDS_CLEANUP_CLOSED
 
-from tests.support import Machine, Server
+from tests.support import Machine, Server, tls_connector
 
 N = 500
 
@@ -30,7 +31,9 @@ async def whoami_status(server: Server, device_id: str, cert: tuple[str, str]) -
     ctx = ssl.create_default_context(cafile=str(server.ca))
     ctx.load_cert_chain(*cert)
     async with (
-        aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as session,
+        aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=ctx, enable_cleanup_closed=NEEDS_CLEANUP_CLOSED)
+        ) as session,
         session.get(f"{server.url}/api/v1/devices/{device_id}/whoami") as r,
     ):
         return r.status
@@ -44,7 +47,7 @@ async def test_kill9_during_500_registrations_loses_nothing(
     token = server.create_token(max_uses=None)
     machines = [Machine() for _ in range(N)]
     bodies = [m.request(token["token"]) for m in machines]
-    connector = aiohttp.TCPConnector(ssl=server.ssl_context(), limit=0, force_close=True)
+    connector = tls_connector(server, limit=0, force_close=True)
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         tasks = [asyncio.create_task(register(session, server.url, b)) for b in bodies]
@@ -77,7 +80,7 @@ async def test_kill9_during_500_registrations_loses_nothing(
         assert await whoami_status(server, answer["device_id"], cert) == 200
 
     # Every machine retries, as agents do: no duplicates, and the answered keep their ids.
-    connector = aiohttp.TCPConnector(ssl=server.ssl_context(), limit=64)
+    connector = tls_connector(server, limit=64)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         retried = await asyncio.gather(*(register(session, server.url, b) for b in bodies))
     assert all(r is not None and r[0] in (200, 201) for r in retried), summary

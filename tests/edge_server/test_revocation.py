@@ -12,7 +12,7 @@ from cryptography import x509
 
 from tests.conftest import _supervise, make_server
 from tests.edge_server.test_concurrency import register_all
-from tests.support import Machine, Server
+from tests.support import Machine, Server, tls_connector
 
 DEVICES = 60
 
@@ -39,7 +39,7 @@ async def test_concurrent_deletes_all_succeed_and_the_crl_lists_every_serial(
     assert {s for s, _ in results} == {201}
     serials = {int(b["serial"]) for _, b in results}
     headers = {"Authorization": f"Bearer {server.admin_token}"}
-    connector = aiohttp.TCPConnector(ssl=server.ssl_context(), limit=0)
+    connector = tls_connector(server, limit=0)
     async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
 
         async def revoke(i: int, device_id: str) -> int:
