@@ -22,7 +22,6 @@ from urllib.parse import urlparse
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from pydantic import ValidationError
 
 from edge_server.errors import ServerError
 from edge_server.ops import status as status_ops
@@ -38,6 +37,7 @@ from registration.desired import (
     device_of_topic,
     nudge_topic,
 )
+from registration.document import ValidationError
 from registration.mqtt import ClosingClient
 
 if TYPE_CHECKING:

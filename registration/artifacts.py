@@ -16,9 +16,7 @@ import base64
 import re
 from typing import Literal
 
-from pydantic import Field, field_validator
-
-from registration.document import Count, Document
+from registration.document import Count, Document, Field, field_validator
 
 #: ``base-iso`` is the node image's base ISO, from which the server streams seeded copies.
 ArtifactKind = Literal["k3s-install", "k3s-binary", "k3s-images", "os-image", "file", "base-iso"]

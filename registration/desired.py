@@ -9,10 +9,8 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
-
 from registration.artifacts import ArtifactRef
-from registration.document import Count, Document
+from registration.document import Count, Document, Field, field_validator, model_validator
 
 MAX_CONFIG_BYTES = 256 * 1024
 

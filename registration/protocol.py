@@ -11,11 +11,10 @@ import math
 import re
 from typing import Annotated, Any, TypeVar
 
-from pydantic import Field, ValidationError, field_validator
-
 from registration.document import INT64_MAX as INT64_MAX
 from registration.document import Count as Count
 from registration.document import Document as Document
+from registration.document import Field, ValidationError, field_validator
 from registration.document import Int64 as Int64
 from registration.errors import RegistrationError
 

@@ -11,8 +11,9 @@ from pydantic import BaseModel
 from edge_server.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from edge_server.keys import SETTINGS
 from registration import protocol
+from registration.document import Document
 
-M = TypeVar("M", bound=BaseModel)
+M = TypeVar("M", bound=Document)
 
 
 async def read_json(request: web.Request, max_bytes: int | None = None) -> Any:
@@ -37,11 +38,11 @@ SPEC_BODY_BYTES = 4 * 1024 * 1024
 
 
 async def read_model(request: web.Request, model: type[M], max_bytes: int | None = None) -> M:
-    return protocol.parse(model, await read_json(request, max_bytes))  # type: ignore[type-var]
+    return protocol.parse(model, await read_json(request, max_bytes))
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
-    if isinstance(data, BaseModel):
+    if isinstance(data, BaseModel | Document):
         text = data.model_dump_json()
     else:
         text = json.dumps(data, separators=(",", ":"))

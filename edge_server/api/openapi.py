@@ -23,9 +23,11 @@ from edge_server.api.groups import GroupCreate, GroupUpdate
 from edge_server.api.http import json_response
 from edge_server.api.middleware import CHALLENGE
 from edge_server.ops.artifacts import ARCH_PATTERN
+from edge_server.ops.rows import DOCUMENT_REF, STORED
 from edge_server.selectors import MAX_TERMS
 from registration.artifacts import ARTIFACT_NAME_PATTERN, SHA256_PATTERN, ArtifactKind
 from registration.desired import SpecDocument, SpecPatch, StatusAck, StatusBatch
+from registration.document import Document, json_schemas
 from registration.protocol import (
     GROUP_NAME_PATTERN,
     CertificateRenewRequest,
@@ -150,9 +152,9 @@ class Operation:
     path: str
     summary: str
     security: Security
-    answer: type[BaseModel] | None
+    answer: type[BaseModel | Document] | None
     ok: tuple[int, ...] = (200,)
-    body: type[BaseModel] | None = None
+    body: type[BaseModel | Document] | None = None
     errors: tuple[int, ...] = ()
     parameters: tuple[dict[str, Any], ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
@@ -474,14 +476,22 @@ class Schemas:
 
 def _schemas() -> Schemas:
     """One generated schema per model and mode, each once: request bodies as the server
-    validates them, answers as it serializes them."""
+    validates them, answers as it serializes them. The wire documents (``registration``)
+    state their own schemas; the server's answer models are pydantic's."""
     wanted: dict[tuple[type[BaseModel], JsonSchemaMode], None] = {}
+    documents: dict[type[Document], None] = dict.fromkeys(STORED)
     for op in OPERATIONS:
-        if op.body is not None:
-            wanted[(op.body, "validation")] = None
-        if op.answer is not None:
-            wanted[(op.answer, "serialization")] = None
-    refs, top = models_json_schema(list(wanted), ref_template="#/components/schemas/{model}")
+        modes: tuple[tuple[Any, JsonSchemaMode], ...] = (
+            (op.body, "validation"),
+            (op.answer, "serialization"),
+        )
+        for model, mode in modes:
+            if model is not None and issubclass(model, Document):
+                documents[model] = None
+            elif model is not None:
+                wanted[(model, mode)] = None
+    refs, top = models_json_schema(list(wanted), ref_template=DOCUMENT_REF)
+    document_refs, document_schemas = json_schemas(list(documents), DOCUMENT_REF)
     error = {
         "type": "object",
         "required": ["error", "detail"],
@@ -492,9 +502,15 @@ def _schemas() -> Schemas:
         "additionalProperties": False,
     }
     return Schemas(
-        components={"Error": error, **top.get("$defs", {})},
-        bodies={m: ref for (m, mode), ref in refs.items() if mode == "validation"},
-        answers={m: ref for (m, mode), ref in refs.items() if mode == "serialization"},
+        components={"Error": error, **top.get("$defs", {}), **document_schemas},
+        bodies={
+            **document_refs,
+            **{m: ref for (m, mode), ref in refs.items() if mode == "validation"},
+        },
+        answers={
+            **document_refs,
+            **{m: ref for (m, mode), ref in refs.items() if mode == "serialization"},
+        },
     )
 
 

@@ -14,12 +14,13 @@ from edge_server.ops.rows import Row
 from edge_server.store import Store
 from edge_server.store import users as users_store
 from edge_server.store.rows import audit
+from registration import document as doc
 from registration.protocol import Document
 
 
 class ApiTokenCreate(Document):
-    username: str = Field(default="admin", max_length=64)
-    description: str = Field(default="", max_length=256)
+    username: str = doc.Field(default="admin", max_length=64)
+    description: str = doc.Field(default="", max_length=256)
 
 
 class ApiTokenCreated(Row):

@@ -15,7 +15,6 @@ import secrets
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
 from sqlite_utils import Database
 
 from edge_server import mirror, specs
@@ -28,6 +27,7 @@ from edge_server.store import Store
 from edge_server.store import artifacts as artifacts_store
 from edge_server.store.rows import audit
 from node_image.image import seedslot
+from registration import document as doc
 from registration.artifacts import (
     ARTIFACT_NAME_PATTERN,
     BASE_ISO_KIND,
@@ -45,11 +45,11 @@ class ArtifactImport(Document):
     """What an import says about the file it uploads (query parameters)."""
 
     kind: ArtifactKind
-    name: str = Field(pattern=ARTIFACT_NAME_PATTERN)
-    version: str = Field(pattern=ARTIFACT_NAME_PATTERN)
-    arch: str | None = Field(default=None, pattern=ARCH_PATTERN)
+    name: str = doc.Field(pattern=ARTIFACT_NAME_PATTERN)
+    version: str = doc.Field(pattern=ARTIFACT_NAME_PATTERN)
+    arch: str | None = doc.Field(default=None, pattern=ARCH_PATTERN)
     #: When given, the upload must hash to it (lower-case hex).
-    sha256: str | None = Field(default=None, pattern=SHA256_PATTERN)
+    sha256: str | None = doc.Field(default=None, pattern=SHA256_PATTERN)
 
 
 class ArtifactRow(Row):

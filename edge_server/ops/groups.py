@@ -16,6 +16,7 @@ from edge_server.ops.rows import Row, SpecPatchJson
 from edge_server.store import Store
 from edge_server.store import groups as groups_store
 from edge_server.store.rows import audit
+from registration import document as doc
 from registration.desired import SpecPatch
 from registration.protocol import GROUP_NAME_PATTERN, Document
 
@@ -25,15 +26,15 @@ NAME = GROUP_NAME_PATTERN
 
 
 class GroupCreate(Document):
-    name: str = Field(pattern=NAME)
-    selector: str = Field(default="", max_length=1024)
-    priority: int = Field(default=0, ge=-1000, le=1000)
-    spec: SpecPatch = Field(default_factory=SpecPatch)
+    name: str = doc.Field(pattern=NAME)
+    selector: str = doc.Field(default="", max_length=1024)
+    priority: int = doc.Field(default=0, ge=-1000, le=1000)
+    spec: SpecPatch = doc.Field(default_factory=SpecPatch)
 
 
 class GroupUpdate(Document):
-    selector: str | None = Field(default=None, max_length=1024)
-    priority: int | None = Field(default=None, ge=-1000, le=1000)
+    selector: str | None = doc.Field(default=None, max_length=1024)
+    priority: int | None = doc.Field(default=None, ge=-1000, le=1000)
     spec: SpecPatch | None = None
 
 

@@ -14,9 +14,10 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler
 from pydantic.json_schema import JsonSchemaValue
-from pydantic_core import CoreSchema, core_schema
+from pydantic_core import CoreSchema
 
 from registration.desired import Condition, Spec, SpecPatch
+from registration.document import Document
 from registration.protocol import LABELS_SCHEMA, Facts
 
 
@@ -26,29 +27,32 @@ class Row(BaseModel):
     )
 
 
+#: Where the OpenAPI document keeps the schemas of the documents rows refer to.
+DOCUMENT_REF = "#/components/schemas/{model}"
+
+
 @dataclass(frozen=True)
 class StoredAs:
     """A JSON value the store keeps after ``model`` validated it on its way in (a device's
     facts and conditions, a spec, a spec patch). The row holds it as stored, so an answer is
-    what was stored, not a second validation of it; the document states it as ``model``."""
+    what was stored, not a second validation of it; the document states it as ``model``, by
+    reference (``api/openapi.py`` adds the schemas of :data:`STORED`)."""
 
-    model: type[BaseModel]
+    model: type[Document]
 
     def __get_pydantic_json_schema__(
         self, stored: CoreSchema, handler: GetJsonSchemaHandler
     ) -> JsonSchemaValue:
-        schema = self.model.__pydantic_core_schema__
-        if schema["type"] == "model":  # a reference to the model's component, not a copy
-            schema = core_schema.definitions_schema(
-                core_schema.definition_reference_schema(schema["ref"]), [schema]
-            )
-        return handler(schema)
+        # In allOf: pydantic resolves a bare "$ref" among its own models, to merge a field's
+        # description into it, and this one is not among them.
+        return {"allOf": [{"$ref": DOCUMENT_REF.format(model=self.model.__name__)}]}
 
 
 FactsJson = Annotated[dict[str, Any], StoredAs(Facts)]
 ConditionJson = Annotated[dict[str, Any], StoredAs(Condition)]
 SpecJson = Annotated[dict[str, Any], StoredAs(Spec)]
 SpecPatchJson = Annotated[dict[str, Any], StoredAs(SpecPatch)]
+STORED: tuple[type[Document], ...] = (Facts, Condition, Spec, SpecPatch)
 Labels = Annotated[dict[str, str], Field(json_schema_extra=LABELS_SCHEMA)]
 LabelChanges = Annotated[  # an operator's labels: a value sets one, None removes one
     dict[str, str | None],

@@ -8,7 +8,6 @@ from typing import Any
 
 from aiohttp import web
 from multidict import MultiDictProxy
-from pydantic import ValidationError
 
 from edge_server import selectors
 from edge_server.errors import BadRequest, NotFound
@@ -17,6 +16,7 @@ from edge_server.ops import devices as device_ops
 from edge_server.web.forms import FormError, labels, validation
 from edge_server.web.render import render
 from edge_server.web.session import current, page
+from registration.document import ValidationError
 from registration.errors import RegistrationError
 from registration.protocol import LabelPatch
 

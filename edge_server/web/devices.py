@@ -7,7 +7,6 @@ from __future__ import annotations
 from urllib.parse import urlencode
 
 from aiohttp import web
-from pydantic import ValidationError
 
 from edge_server import selectors
 from edge_server.errors import BadRequest
@@ -17,6 +16,7 @@ from edge_server.web import status
 from edge_server.web.forms import FormError, labels, pretty, validation
 from edge_server.web.render import render
 from edge_server.web.session import current, page
+from registration.document import ValidationError
 from registration.errors import RegistrationError
 from registration.protocol import LabelPatch
 

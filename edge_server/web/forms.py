@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import json
 
-from pydantic import ValidationError
-
 from edge_server import selectors
 from edge_server.errors import BadRequest
+from registration.document import ValidationError
 from registration.errors import RegistrationError
 
 
@@ -54,7 +53,7 @@ def selector(field: str, text: str) -> str:
 
 
 def validation(field: str, e: ValidationError) -> FormError:
-    """The first problem pydantic found, in words."""
+    """The first problem the document's check found, in words."""
     first = e.errors()[0]
     where = ".".join(str(p) for p in first.get("loc", ()) if p != "labels")
     message = first.get("msg", "invalid")

@@ -5,7 +5,6 @@ from __future__ import annotations
 from urllib.parse import urlencode
 
 from aiohttp import web
-from pydantic import ValidationError
 
 from edge_server import selectors
 from edge_server.errors import Conflict
@@ -17,6 +16,7 @@ from edge_server.ops import overview as overview_ops
 from edge_server.web.forms import FormError, selector, validation, whole
 from edge_server.web.render import render
 from edge_server.web.session import current, page
+from registration.document import ValidationError
 
 routes = web.RouteTableDef()
 

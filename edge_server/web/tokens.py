@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 from aiohttp import web
-from pydantic import ValidationError
 
 from edge_server import downloads
 from edge_server.keys import CA, NOTIFIER, SETTINGS, STORE
@@ -14,6 +13,7 @@ from edge_server.ops import tokens as token_ops
 from edge_server.web.forms import FormError, labels, validation, whole
 from edge_server.web.render import render
 from edge_server.web.session import current, page
+from registration.document import ValidationError
 from registration.errors import RegistrationError
 from registration.protocol import TokenCreate
 

@@ -178,7 +178,6 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    memory.without_pydantic_plugins()  # before the first document is validated
     host = make_host(args)
     state = StateDir(Path(args.state_dir))
     if args.seed is not None and state.read_identity() is None:

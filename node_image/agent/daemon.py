@@ -31,8 +31,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-
 from node_image.agent import clock, memory
 from node_image.agent.context import ReconcileContext, Supersede, run_reconcile
 from node_image.agent.mqtt import ChannelDown, MqttChannel, MqttSettings
@@ -48,6 +46,7 @@ from node_image.boot import RebootRequested
 from node_image.errors import AgentError
 from node_image.host import Host
 from registration.desired import Condition, Nudge, SpecDocument, StatusBatch
+from registration.document import ValidationError
 
 if TYPE_CHECKING:
     from node_image.agent import register as register_mod

@@ -5,22 +5,13 @@
   busiest moment (startup, a spec pull, a reconcile pass) for the life of the process.
   ``malloc_trim(0)`` returns the free pages of every arena. Elsewhere (musl, macOS) there is
   no such call and it does nothing.
-- :func:`without_pydantic_plugins` spares the agent pydantic's plugin lookup. Before building
-  its first validator, pydantic imports ``importlib.metadata`` (with ``zipfile``, ``csv``,
-  ``email.message`` …) and reads the entry points of every installed distribution, to find
-  plugins the agent never has: about 0.6 MB that would stay resident for months.
 """
 
 from __future__ import annotations
 
 import ctypes
 import gc
-import sys
-import types
-from collections.abc import Callable, Iterable
-
-#: The pydantic module that looks plugins up (pydantic 2: ``get_plugins()``).
-PLUGIN_LOADER = "pydantic.plugin._loader"
+from collections.abc import Callable
 
 
 def _find_trim() -> Callable[[int], int] | None:
@@ -40,17 +31,3 @@ def release() -> None:
     gc.collect()  # cyclic garbage first: an arena of it left alone is never given back
     if _trim is not None:
         _trim(0)
-
-
-def _no_plugins() -> Iterable[object]:
-    return ()
-
-
-def without_pydantic_plugins() -> None:
-    """From now on pydantic finds no plugins, without looking. Call before the first model
-    is validated (the wire documents defer building their validators to first use)."""
-    if PLUGIN_LOADER in sys.modules:
-        return  # already looked: nothing left to spare
-    loader = types.ModuleType(PLUGIN_LOADER, "pydantic plugins: none in the agent")
-    loader.get_plugins = _no_plugins  # type: ignore[attr-defined]
-    sys.modules[PLUGIN_LOADER] = loader

@@ -16,7 +16,6 @@ from urllib.parse import urlsplit
 
 import aiomqtt
 import paho.mqtt.client as paho
-from pydantic import ValidationError
 
 from node_image.agent.transport import Backoff
 from node_image.errors import AgentError
@@ -28,6 +27,7 @@ from registration.desired import (
     presence_topic,
     status_topic,
 )
+from registration.document import ValidationError
 from registration.mqtt import ClosingClient
 
 log = logging.getLogger(__name__)

@@ -23,11 +23,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from node_image.agent.state import atomic_write, read_json, remove_stale_temps
 from node_image.errors import AgentError
 from registration.desired import Condition, StatusEvent
+from registration.document import ValidationError
 
 log = logging.getLogger(__name__)
 

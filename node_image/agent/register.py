@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from pydantic import ValidationError
 
 from node_image.agent import __version__
 from node_image.agent.seed import Seed
@@ -22,6 +21,7 @@ from node_image.agent.transport import ApiError, Https, unverified_tls
 from node_image.errors import AgentError
 from registration import facts as facts_mod
 from registration import identity
+from registration.document import ValidationError
 from registration.errors import RegistrationError
 from registration.protocol import PROTOCOL_VERSION, Facts, RegisterRequest, RegisterResponse
 

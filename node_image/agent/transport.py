@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ValidationError
-
 from node_image.errors import AgentError
+from registration.document import Document, ValidationError
 
 if TYPE_CHECKING:
     from registration.protocol import CertificateRenewResponse, K3sServerAck, K3sServerReport
@@ -33,7 +32,7 @@ from registration.desired import (
 
 log = logging.getLogger(__name__)
 
-_A = TypeVar("_A", bound=BaseModel)
+_A = TypeVar("_A", bound=Document)
 
 
 # --- backoff --------------------------------------------------------------------------
@@ -252,7 +251,7 @@ class ApiClient:
 
         return await self._post("/k3s", report, K3sServerAck, "a k3s ack")
 
-    async def _post(self, path: str, document: BaseModel, answer: type[_A], what: str) -> _A:
+    async def _post(self, path: str, document: Document, answer: type[_A], what: str) -> _A:
         """POST ``document`` as JSON to ``path``; the answer, validated as ``answer``."""
         body = document.model_dump_json().encode()
         reply = await self._call("POST", path, body, {"Content-Type": "application/json"})

@@ -301,9 +301,8 @@ def test_hostile_cases_left_the_server_healthy(srv: Server, dev: Device) -> None
 
 def test_status_event_models_refuse_what_json_decoding_would_let_through() -> None:
     """The MQTT path validates decoded documents too: the model itself bounds the numbers."""
-    from pydantic import ValidationError
-
     from registration.desired import StatusEvent
+    from registration.document import ValidationError
 
     for bad in (
         {"seq": 1, "observed_generation": 2**64, "at": 1.0},

@@ -72,3 +72,27 @@ def test_the_dashboard_does_not_call_api_handlers(path: Path) -> None:
     names = imported_modules(path.read_text(), "edge_server.web")
     found = sorted(n for n in names if n == "edge_server.api" or n.startswith("edge_server.api."))
     assert found == [], f"{path} imports {found}; call edge_server.ops instead"
+
+
+ROOT = PACKAGE.parent
+#: What each shared or device-side package must never import: the registration library is
+#: the server's and the device's both (no web server, no database), and the device's agent
+#: checks its documents without pydantic (issue 6: 9 MB of an idle agent's 40 MB).
+FORBIDDEN = {
+    "registration": ("aiohttp", "sqlite3", "sqlite_utils", "pydantic", "pydantic_core"),
+    "node_image": ("pydantic", "pydantic_core"),
+}
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(p for package in FORBIDDEN for p in (ROOT / package).rglob("*.py")),
+    ids=lambda p: str(p.relative_to(ROOT)),
+)
+def test_shared_and_device_code_does_not_import_server_libraries(path: Path) -> None:
+    relative = path.relative_to(ROOT).with_suffix("")
+    package = ".".join(relative.parts[:-1])
+    forbidden = FORBIDDEN[relative.parts[0]]
+    names = imported_modules(path.read_text(), package)
+    found = sorted(n for n in names if n.split(".")[0] in forbidden)
+    assert found == [], f"{path} imports {found}"

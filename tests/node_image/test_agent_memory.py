@@ -15,7 +15,6 @@ AGENT_PASS = """
 import asyncio, json, sys
 from pathlib import Path
 from node_image.agent import memory
-memory.without_pydantic_plugins()
 from node_image.agent.context import ReconcileContext
 from node_image.agent.reconcilers import build
 from node_image.agent.state import StateDir
@@ -37,7 +36,9 @@ conditions = asyncio.run(once())
 memory.release()
 print(json.dumps({
     "conditions": {c.type: [c.status, c.reason] for c in conditions},
-    "modules": sorted(m for m in sys.modules if m.startswith(("importlib.metadata", "node_image"))),
+    "modules": sorted(
+        m for m in sys.modules if m.startswith(("importlib.metadata", "node_image", "pydantic"))
+    ),
 }))
 """
 
@@ -56,7 +57,7 @@ def agent_pass(tmp_path: Path, spec: dict[str, object]) -> dict[str, object]:
     return found
 
 
-def test_a_pass_without_k3s_leaves_the_k3s_code_and_pydantic_plugin_lookup_unloaded(
+def test_a_pass_without_k3s_leaves_the_k3s_code_pydantic_and_package_metadata_unloaded(
     tmp_path: Path,
 ) -> None:
     found = agent_pass(tmp_path, {"config": [{"path": "/etc/motd", "content": "hi\n"}]})
@@ -70,7 +71,7 @@ def test_a_pass_without_k3s_leaves_the_k3s_code_and_pydantic_plugin_lookup_unloa
     assert isinstance(modules, list)
     assert "node_image.agent.reconcilers.k3s" not in modules
     assert "node_image.agent.reconcilers.bundles" not in modules
-    assert not [m for m in modules if m.startswith("importlib.metadata")]
+    assert not [m for m in modules if m.startswith(("importlib.metadata", "pydantic"))]
 
 
 def test_a_spec_that_wants_k3s_loads_the_k3s_reconciler(tmp_path: Path) -> None:
