@@ -104,9 +104,9 @@ class ValidationError(ValueError):
     def __init__(self, title: str, problems: list[dict[str, Any]]) -> None:
         self.title = title
         self._problems = problems
-        lines = [f"{len(problems)} validation error(s) for {title}"]
-        lines += [f"{'.'.join(map(str, p['loc'])) or '(document)'}: {p['msg']}" for p in problems]
-        super().__init__("\n".join(lines))
+        # One line, for a log or the CLI: "invalid Disk: size_bytes: Field required; …".
+        said = [f"{'.'.join(map(str, p['loc'])) or '(document)'}: {p['msg']}" for p in problems]
+        super().__init__(f"invalid {title}: {'; '.join(said)}")
 
     def errors(self) -> list[dict[str, Any]]:
         return list(self._problems)

@@ -100,14 +100,15 @@ def wait_for_route(url: str, limit: float | None = None) -> bool:
     if reason is None:
         return True
     log.info("waiting for the network (%s)", reason)
-    while (reason := no_route(url)) is not None:
+    while reason is not None:
         now = time.monotonic()
         if limit is not None and now - started >= limit:
             log.info("no network after %.0fs (%s): going on without", now - started, reason)
             return False
-        time.sleep(ROUTE_POLL)
         if now - logged >= ROUTE_LOG_EVERY:
             logged = now
             log.info("still waiting for the network (%s)", reason)
+        time.sleep(ROUTE_POLL)
+        reason = no_route(url)
     log.info("network up after %.1fs", time.monotonic() - started)
     return True
