@@ -221,36 +221,22 @@ def _constrained(check: Check, info: FieldInfo) -> Check:
     return constrained
 
 
-def _list(item: Check) -> Check:
+def _each(kind: type[list[Any]] | type[dict[Any, Any]], key: Check, item: Check) -> Check:
+    """A list (keys: the indexes) or a dict, each key and item checked; every problem kept."""
+    message = f"Input should be a valid {'list' if kind is list else 'dictionary'}"
+
     def check(value: Any) -> Any:
-        if not isinstance(value, list):
-            raise _fail("Input should be a valid list", "list_type")
-        out, problems = [], []
-        for i, element in enumerate(value):
+        if not isinstance(value, kind):
+            raise _fail(message, f"{kind.__name__}_type")
+        pairs, problems = [], []
+        for k, v in enumerate(value) if isinstance(value, list) else value.items():
             try:
-                out.append(item(element))
-            except _Invalid as e:
-                problems += _within(e.problems, i)
-        if problems:
-            raise _Invalid(problems)
-        return out
-
-    return check
-
-
-def _dict(key: Check, item: Check) -> Check:
-    def check(value: Any) -> Any:
-        if not isinstance(value, dict):
-            raise _fail("Input should be a valid dictionary", "dict_type")
-        out, problems = {}, []
-        for k, v in value.items():
-            try:
-                out[key(k)] = item(v)
+                pairs.append((key(k), item(v)))
             except _Invalid as e:
                 problems += _within(e.problems, k)
         if problems:
             raise _Invalid(problems)
-        return out
+        return [v for _, v in pairs] if kind is list else dict(pairs)
 
     return check
 
@@ -311,10 +297,10 @@ def _checker(hint: Any) -> Check:
         return _literal(typing.get_args(hint))
     if origin is list:
         (item,) = typing.get_args(hint)
-        return _list(_checker(item))
+        return _each(list, lambda index: index, _checker(item))
     if origin is dict:
         key, item = typing.get_args(hint)
-        return _dict(_checker(key), _checker(item))
+        return _each(dict, _checker(key), _checker(item))
     if origin in (Union, types.UnionType):
         args = typing.get_args(hint)
         members = [_checker(a) for a in args if a is not type(None)]
@@ -354,10 +340,12 @@ def _then(check: Check, validators: list[Callable[[Any], Any]]) -> Check:
     return checked
 
 
-def _info_of(hint: Any, declared: Any) -> FieldInfo:
+def _info_of(name: str, declared: Any) -> FieldInfo:
     """The field's default and constraints: ``= Field(...)``, ``= value`` or none."""
     if isinstance(declared, FieldInfo):
         return declared
+    if isinstance(declared, list | dict | set):  # one object, shared by every instance
+        raise TypeError(f"field {name}: a mutable default needs Field(default_factory=...)")
     return FieldInfo(default=declared)
 
 
@@ -397,7 +385,7 @@ class Document:
         for name, hint in hints.items():
             if name.startswith("_") or typing.get_origin(hint) is ClassVar:
                 continue
-            info = _info_of(hint, getattr(cls, name, MISSING))
+            info = _info_of(name, getattr(cls, name, MISSING))
             check = _constrained(_checker(hint), info)
             after = [r.function.__get__(None, cls) for r in rules.values() if name in r.fields]
             fields[name] = _Field(name, hint, info, _then(check, after) if after else check)

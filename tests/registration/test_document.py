@@ -189,3 +189,11 @@ def test_a_document_nests_in_the_servers_pydantic_models() -> None:
         Answer.model_validate({"part": {"name": "abcdefghij"}})
     schema = Answer.model_json_schema()["properties"]["part"]
     assert schema["properties"]["name"]["maxLength"] == 8
+
+
+def test_a_shared_mutable_default_is_refused_when_the_class_is_first_used() -> None:
+    class Shared(Document):
+        items: list[int] = []  # noqa: RUF012 - the mistake under test
+
+    with pytest.raises(TypeError, match="default_factory"):
+        Shared()
