@@ -14,6 +14,7 @@ import json
 import logging
 import random
 import ssl
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -136,6 +137,11 @@ class Https:
         self._context = context
         self._timeout = timeout
         self._conn: http.client.HTTPConnection | None = None
+        #: Counts :meth:`close` calls. A request that started before one (the agent stopping,
+        #: a new certificate) closes its connection when it ends, instead of keeping it: the
+        #: thread it runs in outlives the cancelled task that awaited it.
+        self._epoch = 0
+        self._guard = threading.Lock()
 
     def request(
         self,
@@ -146,9 +152,10 @@ class Https:
     ) -> Reply:
         url = self._prefix + path
         for attempt in range(2):
-            reused = self._conn is not None
-            conn = self._conn or self._connect()
-            self._conn = None
+            with self._guard:
+                epoch, kept, self._conn = self._epoch, self._conn, None
+            reused = kept is not None
+            conn = kept or self._connect()
             try:
                 conn.request(method, url, body=body, headers=headers or {})
                 response = conn.getresponse()
@@ -161,9 +168,11 @@ class Https:
                 if reused and stale and attempt == 0:
                     continue
                 raise ApiError(f"{method} {self.url}{path}: {e}") from e
-            if not response.will_close:
-                self._conn = conn
-            else:
+            with self._guard:
+                keep = not response.will_close and epoch == self._epoch
+                if keep:
+                    self._conn = conn
+            if not keep:
                 conn.close()
             return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, data)
         raise AssertionError("unreachable")
@@ -196,9 +205,12 @@ class Https:
         self.close()
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        """Close the kept-alive connection, and any a request still running would keep."""
+        with self._guard:
+            self._epoch += 1
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
 
 
 @dataclass(frozen=True)
