@@ -1,4 +1,4 @@
-"""The base of every wire document: strict, closed and immutable, in about 400 lines of ours.
+"""The base of every wire document: strict, closed and immutable, checked by code of our own.
 
 A document class declares typed fields, as a dataclass would::
 
