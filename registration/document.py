@@ -25,7 +25,7 @@ issue 6: the library, its compiled core and the validators built from each model
 dozen small documents. The names here (``model_validate``, ``model_dump``, ``Field``…) are
 pydantic's, so code reads the same on both sides. The server's own answer models are still
 pydantic models, and a document nests inside them through the hooks at the end of
-:class:`Document`; the server's OpenAPI document uses :func:`json_schemas`.
+:class:`Document`; the server's OpenAPI document uses ``registration.docschema``.
 """
 
 from __future__ import annotations
@@ -102,7 +102,6 @@ class ValidationError(ValueError):
     """What was wrong with a document: each problem with where (``loc``) and what (``msg``)."""
 
     def __init__(self, title: str, problems: list[dict[str, Any]]) -> None:
-        self.title = title
         self._problems = problems
         # One line, for a log or the CLI: "invalid Disk: size_bytes: Field required; …".
         said = [f"{'.'.join(map(str, p['loc'])) or '(document)'}: {p['msg']}" for p in problems]
@@ -153,12 +152,12 @@ def model_validator(*, mode: Literal["before"]) -> Callable[[Any], Any]:
 Check = Callable[[Any], Any]
 
 
-def _type_name(kind: type) -> str:
+def json_type(kind: type) -> str:
     return {str: "string", int: "integer", float: "number", bool: "boolean"}[kind]
 
 
 def _scalar(kind: type) -> Check:
-    message = f"Input should be a valid {_type_name(kind)}"
+    message = f"Input should be a valid {json_type(kind)}"
     if kind is float:
 
         def number(value: Any) -> Any:
@@ -469,15 +468,11 @@ class Document:
             ) from None
         return cls.model_validate(decoded)
 
-    @classmethod
-    def model_fields(cls) -> dict[str, FieldInfo]:
-        return {name: f.info for name, f in cls._fields().items()}
-
     def model_dump(self, *, mode: str = "python", exclude_none: bool = False) -> dict[str, Any]:
         """The document as a dict of JSON values (``mode`` is accepted for pydantic's callers:
         a document holds only JSON values, so both modes give the same)."""
         return {
-            name: _dumped(value, exclude_none)
+            name: dumped(value, exclude_none)
             for name, value in self.__dict__.items()
             if not (exclude_none and value is None)
         }
@@ -496,6 +491,8 @@ class Document:
     @classmethod
     def model_json_schema(cls) -> dict[str, Any]:
         """The JSON Schema of this document, the documents it nests under ``$defs``."""
+        from registration.docschema import json_schemas  # the server's: the agent never asks
+
         refs, defs = json_schemas([cls], "#/$defs/{model}")
         return {**defs.pop(cls.__name__), **({"$defs": defs} if defs else {})}
 
@@ -545,112 +542,16 @@ class Document:
 
     @classmethod
     def __get_pydantic_json_schema__(cls, schema: Any, handler: Any) -> dict[str, Any]:
+        from registration.docschema import inline_schema
+
         return inline_schema(cls)
 
 
-def _dumped(value: Any, exclude_none: bool) -> Any:
+def dumped(value: Any, exclude_none: bool) -> Any:
     if isinstance(value, Document):
         return value.model_dump(exclude_none=exclude_none)
     if isinstance(value, list):
-        return [_dumped(v, exclude_none) for v in value]
+        return [dumped(v, exclude_none) for v in value]
     if isinstance(value, dict):
-        return {k: _dumped(v, exclude_none) for k, v in value.items()}
+        return {k: dumped(v, exclude_none) for k, v in value.items()}
     return value
-
-
-# -- JSON Schema ---------------------------------------------------------------------------------
-def json_schemas(
-    classes: list[type[Document]], ref_template: str
-) -> tuple[dict[type[Document], dict[str, Any]], dict[str, dict[str, Any]]]:
-    """The JSON Schemas of ``classes`` and of every document they nest: a ``{"$ref": …}`` per
-    class, and the schemas by class name (``ref_template`` makes a reference from a name)."""
-    defs: dict[str, dict[str, Any]] = {}
-    pending = list(classes)
-    while pending:
-        klass = pending.pop()
-        if klass.__name__ not in defs:
-            defs[klass.__name__] = _object_schema(klass, ref_template, pending)
-    return {c: {"$ref": ref_template.format(model=c.__name__)} for c in classes}, defs
-
-
-def inline_schema(cls: type[Document]) -> dict[str, Any]:
-    """One schema with every nested document written out in place (no references)."""
-    return _object_schema(cls, None, [])
-
-
-def _object_schema(
-    cls: type[Document], ref_template: str | None, pending: list[type[Document]]
-) -> dict[str, Any]:
-    properties = {}
-    for name, field in cls._fields().items():
-        schema = _schema(field.hint, ref_template, pending)
-        _constrain(schema, field.info)
-        if not field.required:
-            default = field.default()
-            schema["default"] = (
-                default.model_dump() if isinstance(default, Document) else _dumped(default, False)
-            )
-        properties[name] = schema
-    out: dict[str, Any] = {"title": cls.__name__, "type": "object", "properties": properties}
-    if cls.__doc__ and cls.__doc__ is not Document.__doc__:
-        out["description"] = " ".join(cls.__doc__.split())
-    required = [name for name, f in cls._fields().items() if f.required]
-    if required:
-        out["required"] = required
-    out["additionalProperties"] = False
-    return out
-
-
-def _constrain(schema: dict[str, Any], info: FieldInfo) -> None:
-    """Add a field's constraints to its schema: the bounds to each member of a union (as in
-    ``str | None``) they apply to, the description and extras to the whole."""
-    for member in schema.get("anyOf", [schema]):
-        kind = member.get("type")
-        if kind in ("integer", "number"):
-            member.update(
-                {k: v for k, v in (("minimum", info.ge), ("maximum", info.le)) if v is not None}
-            )
-        sized = {"string": "Length", "array": "Items", "object": "Properties"}.get(kind)
-        if sized is not None:
-            for bound, value in (("min", info.min_length), ("max", info.max_length)):
-                if value is not None:
-                    member[f"{bound}{sized}"] = value
-        if kind == "string" and info.pattern is not None:
-            member["pattern"] = info.pattern
-    if info.description is not None:
-        schema["description"] = info.description
-    schema.update(info.json_schema_extra or {})
-
-
-def _schema(hint: Any, ref_template: str | None, pending: list[type[Document]]) -> dict[str, Any]:
-    if typing.get_origin(hint) is Annotated:
-        inner, *metadata = typing.get_args(hint)
-        schema = _schema(inner, ref_template, pending)
-        for item in metadata:
-            if isinstance(item, FieldInfo):
-                _constrain(schema, item)
-        return schema
-    origin = typing.get_origin(hint)
-    if hint is Any:
-        return {}
-    if hint is type(None) or hint is None:
-        return {"type": "null"}
-    if isinstance(hint, type) and issubclass(hint, Document):
-        if ref_template is None:
-            return inline_schema(hint)
-        pending.append(hint)
-        return {"$ref": ref_template.format(model=hint.__name__)}
-    if hint in (str, int, float, bool):
-        return {"type": _type_name(hint)}
-    if origin is Literal:
-        allowed = list(typing.get_args(hint))
-        kinds = {_type_name(type(a)) for a in allowed}
-        return {"enum": allowed, **({"type": kinds.pop()} if len(kinds) == 1 else {})}
-    if origin is list:
-        return {"type": "array", "items": _schema(typing.get_args(hint)[0], ref_template, pending)}
-    if origin is dict:
-        item = typing.get_args(hint)[1]
-        return {"type": "object", "additionalProperties": _schema(item, ref_template, pending)}
-    if origin in (Union, types.UnionType):
-        return {"anyOf": [_schema(a, ref_template, pending) for a in typing.get_args(hint)]}
-    raise TypeError(f"no JSON Schema for {hint!r}")

@@ -27,7 +27,8 @@ from edge_server.ops.rows import DOCUMENT_REF, STORED
 from edge_server.selectors import MAX_TERMS
 from registration.artifacts import ARTIFACT_NAME_PATTERN, SHA256_PATTERN, ArtifactKind
 from registration.desired import SpecDocument, SpecPatch, StatusAck, StatusBatch
-from registration.document import Document, json_schemas
+from registration.docschema import json_schemas
+from registration.document import Document
 from registration.protocol import (
     GROUP_NAME_PATTERN,
     CertificateRenewRequest,
