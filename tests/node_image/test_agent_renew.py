@@ -84,7 +84,11 @@ def test_agent_renews_after_two_thirds_and_the_old_certificate_lasts_until_expir
             ),
         )
         assert new_serial in {c["serial"] for c in certificates(server, device_id)}
-        assert json.loads((state / "identity.json").read_text())["serial"] == new_serial
+        # identity.json is written just after device.pem (a second atomic write): wait for it.
+        wait_until(
+            "the new serial in identity.json",
+            lambda: json.loads((state / "identity.json").read_text())["serial"] == new_serial,
+        )
         assert whoami(server, device_id, (str(state / "device.pem"), str(key))).status_code == 200
 
         # The old certificate still works until it expires...
